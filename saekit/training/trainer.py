@@ -1,0 +1,379 @@
+"""One trainer for every architecture, and for several SAEs on one activation stream.
+
+Per step and per SAE: training_forward -> summed loss -> backward -> radial decoder
+gradient removed (unit-norm architectures) -> clip -> Adam -> LR schedule -> atoms
+renormalised -> inference calibration -> dead-latent counters. Inputs are scaled so that
+E||x|| = sqrt(d_in); the scale is folded into the weights when saving.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from saekit.data.stream import ActivationStream, Batch
+from saekit.formats import native
+from saekit.sae.base import SAE, TrainContext
+from saekit.sae.registry import get_architecture, make_config
+from saekit.training import checkpoint as ckpt
+from saekit.training.init import geometric_median, input_scale
+
+
+class NonFiniteActivationsError(ValueError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters shared by every SAE trained on the stream."""
+
+    steps: int = 1000
+    lr: float | None = None  # None: 2e-4 / sqrt(n_latents / 2**14), per SAE
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 50
+    decay_fraction: float = 0.2  # linear decay to 0 over this final fraction of steps
+    grad_clip: float = 1.0
+    dead_window_tokens: int = 1_000_000
+    normalise_inputs: bool = True
+    init_b_dec: str = "geometric_median"  # or "mean", "zero"
+    init_batches: int = 2  # batches read before step 0 to set the scale and b_dec
+    log_every: int = 25
+    checkpoint_every: int = 0  # steps; 0 = only at the end and on interruption
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if self.init_b_dec not in {"geometric_median", "mean", "zero"}:
+            raise ValueError(f"init_b_dec must be geometric_median, mean or zero, got {self.init_b_dec!r}")
+        if self.steps < 1:
+            raise ValueError("steps must be >= 1")
+
+
+def default_lr(n_latents: int) -> float:
+    return 2e-4 / math.sqrt(n_latents / 2**14)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, constant, linear decay to 0 over the last decay_fraction."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    decay_start = cfg.steps * (1 - cfg.decay_fraction)
+    if cfg.decay_fraction > 0 and step >= decay_start:
+        return warm * max(0.0, (cfg.steps - step) / (cfg.steps - decay_start))
+    return warm
+
+
+@dataclass
+class Member:
+    """One SAE being trained, with its own optimiser, schedule and dead-latent counters."""
+
+    name: str
+    sae: SAE
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    tokens_since_fired: torch.Tensor
+    last: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    """Train `saes` (name -> SAE) on `stream`, writing logs, checkpoints and SAEs to `out_dir`.
+
+    Resume with `Trainer.resume(out_dir, stream)`: the stream must be rebuilt the same way
+    (the CLI stores its spec in run.json); the result is bit-identical to an uninterrupted run.
+    """
+
+    def __init__(
+        self,
+        saes: dict[str, SAE],
+        stream: ActivationStream,
+        cfg: TrainConfig,
+        out_dir: str | Path | None = None,
+        run_info: dict[str, Any] | None = None,
+    ):
+        if not saes:
+            raise ValueError("nothing to train: no SAEs given")
+        for name, sae in saes.items():
+            if sae.d_in != stream.d_in:
+                raise ValueError(f"SAE {name!r} has d_in={sae.d_in} but the stream has d_in={stream.d_in}")
+        self.cfg = cfg
+        self.stream = stream
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.run_info = run_info or {}
+        self.members = [self._member(name, sae) for name, sae in saes.items()]
+        self.step = 0
+        self.scale = 1.0
+        self.initialised = False
+        self._batches: Iterator[Batch] | None = None
+        # Stream position after the last batch fetched whole (and so trained on, since
+        # interruptions are only honoured between steps): what a checkpoint must record.
+        self._stream_position: dict[str, Any] | None = None
+
+    # ---- construction ------------------------------------------------------------------------
+    def _member(self, name: str, sae: SAE) -> Member:
+        lr = self.cfg.lr if self.cfg.lr is not None else default_lr(sae.n_latents)
+        opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=self.cfg.betas)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, self.cfg))
+        return Member(name, sae, opt, sched, torch.zeros(sae.n_latents, dtype=torch.int64))
+
+    def _next_batch(self) -> Batch:
+        if self._batches is None:
+            self._batches = iter(self.stream)
+        try:
+            batch = next(self._batches)
+        except StopIteration:
+            raise RuntimeError(f"the activation stream ran out after {self.step} steps") from None
+        self._stream_position = self.stream.state_dict()
+        if not torch.isfinite(batch.x).all():
+            bad = (~torch.isfinite(batch.x)).any(-1).nonzero().flatten()[:5].tolist()
+            raise NonFiniteActivationsError(
+                f"NaN/Inf activations in the batch for step {self.step} (rows {bad}); "
+                "nothing was trained on it — check the data source"
+            )
+        x = batch.x.float() * self.scale
+        extras = dict(batch.extras)
+        if "grad" in extras:
+            # d loss / d(s·x) = (d loss / dx) / s: keep the gradient in the scaled coordinates.
+            extras["grad"] = extras["grad"].float() / self.scale
+        return Batch(x, extras)
+
+    @torch.no_grad()
+    def _initialise(self) -> None:
+        sample = torch.cat([self._next_batch().x for _ in range(max(1, self.cfg.init_batches))])
+        if self.cfg.normalise_inputs:
+            self.scale = input_scale(sample)
+            sample = sample * self.scale
+        if self.cfg.init_b_dec == "geometric_median":
+            b = geometric_median(sample)
+        elif self.cfg.init_b_dec == "mean":
+            b = sample.mean(0)
+        else:
+            b = torch.zeros(sample.shape[1])
+        for m in self.members:
+            m.sae.b_dec.copy_(b)
+        self.initialised = True
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def train_step(self, batch: Batch) -> None:
+        progress = self.step / self.cfg.steps
+        window = self.cfg.dead_window_tokens
+        log_now = (self.step + 1) % self.cfg.log_every == 0 or self.step + 1 == self.cfg.steps
+        for m in self.members:
+            dead = m.tokens_since_fired >= window
+            ctx = TrainContext(dead_mask=dead, progress=progress, extras=batch.extras)
+            out = m.sae.training_forward(batch.x, ctx)
+            loss = sum(out.losses.values())
+            m.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            m.sae.remove_parallel_decoder_grad()
+            if self.cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(m.sae.parameters(), self.cfg.grad_clip)
+            m.optimizer.step()
+            m.scheduler.step()
+            m.sae.normalise_decoder()
+            m.sae.calibrate(out.codes)
+            fired = (out.codes != 0).any(0)
+            m.tokens_since_fired += len(batch)
+            m.tokens_since_fired[fired] = 0
+            if log_now:
+                m.last = self._step_metrics(batch.x, out, loss, dead, m)
+        self.step += 1
+
+    @staticmethod
+    @torch.no_grad()
+    def _step_metrics(x, out, loss, dead, m: Member) -> dict[str, float]:
+        err = (out.x_hat - x).pow(2).sum()
+        var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+        row = {
+            "loss": float(loss),
+            "fvu": float(err / var),
+            "l0": float((out.codes != 0).sum(-1).float().mean()),
+            "dead_frac": float(dead.float().mean()),
+            "lr": m.scheduler.get_last_lr()[0],
+        }
+        row.update({f"loss_{k}": float(v) for k, v in out.losses.items()})
+        row.update(out.stats)
+        return row
+
+    def fit(self) -> dict[str, dict[str, float]]:
+        """Run to cfg.steps (from wherever a resumed run stands); save the SAEs."""
+        if not self.initialised:
+            self._initialise()
+        log = self._open_log()
+        bar = tqdm(
+            total=self.cfg.steps, initial=self.step, disable=not self.cfg.progress_bar,
+            desc="train", unit="step", dynamic_ncols=True,
+        )
+        with _DeferredInterrupts() as interrupts:
+            try:
+                while self.step < self.cfg.steps:
+                    self.train_step(self._next_batch())
+                    bar.update(1)
+                    if self.members[0].last and (self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps):
+                        self._log(log)
+                        bar.set_postfix_str(self._postfix())
+                    if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    if interrupts.requested:
+                        raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                if self.out_dir is not None:
+                    self.save_checkpoint()
+                raise
+            finally:
+                bar.close()
+                if log is not None:
+                    log.close()
+        if self.out_dir is not None:
+            self.save_checkpoint()
+        self._finalise()
+        if self.out_dir is not None:
+            self.save_saes()
+        return {m.name: dict(m.last) for m in self.members}
+
+    @torch.no_grad()
+    def _finalise(self, tokens: int = 16384) -> None:
+        """Inference calibration on fresh batches with the final weights (after the last
+        checkpoint, so a resumed run reads the same batches)."""
+        members = [m for m in self.members if type(m.sae).finalise is not SAE.finalise]
+        if not members:
+            return
+        n_batches = max(1, tokens // self.stream.batch_size)
+        sample = torch.cat([self._next_batch().x for _ in range(n_batches)])
+        for m in members:
+            m.sae.finalise(sample)
+
+    def _postfix(self) -> str:
+        m = self.members[0]
+        more = f" (+{len(self.members) - 1} SAEs)" if len(self.members) > 1 else ""
+        return f"{m.name}: FVU {m.last['fvu']:.3f} L0 {m.last['l0']:.1f} dead {100 * m.last['dead_frac']:.1f}%{more}"
+
+    # ---- logging -----------------------------------------------------------------------------
+    def _open_log(self):
+        if self.out_dir is None:
+            return None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / "metrics.jsonl"
+        if path.exists():  # resumed: drop lines written after the checkpoint we resumed from
+            keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
+            path.write_text("".join(k + "\n" for k in keep))
+        return open(path, "a")
+
+    def _log(self, fh) -> None:
+        if fh is None:
+            return
+        tokens = self.step * self.stream.batch_size
+        for m in self.members:
+            fh.write(json.dumps({"step": self.step, "tokens": tokens, "sae": m.name, **m.last}) + "\n")
+        fh.flush()
+
+    # ---- files -------------------------------------------------------------------------------
+    def export(self, member: Member) -> SAE:
+        """A copy of the SAE that acts on raw activations (scale and free norms folded)."""
+        sae = copy.deepcopy(member.sae).eval()
+        sae.fold_input_scale(self.scale)
+        sae.fold_decoder_norms()
+        return sae
+
+    def save_saes(self) -> dict[str, Path]:
+        assert self.out_dir is not None
+        paths = {}
+        for m in self.members:
+            meta = {
+                "normalisation": {"input_scale_folded": self.scale, "convention": "E||x|| = sqrt(d_in)"},
+                "data": self.stream.describe(),
+                "training": {"steps": self.step, "tokens": self.step * self.stream.batch_size,
+                             "train_config": asdict(self.cfg), "last_metrics": m.last, **self.run_info},
+            }
+            paths[m.name] = native.save(self.export(m), self.out_dir / "saes" / m.name, meta)
+        return paths
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "scale": self.scale,
+            "initialised": self.initialised,
+            "train_config": asdict(self.cfg),
+            "stream": self._stream_position or self.stream.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "members": [
+                {
+                    "name": m.name,
+                    "sae_config": m.sae.config_dict(),
+                    "model": m.sae.state_dict(),
+                    "optimizer": m.optimizer.state_dict(),
+                    "scheduler": m.scheduler.state_dict(),
+                    "tokens_since_fired": m.tokens_since_fired,
+                    "last": m.last,
+                }
+                for m in self.members
+            ],
+        }
+
+    def save_checkpoint(self) -> Path:
+        assert self.out_dir is not None
+        return ckpt.write_checkpoint(self.out_dir / "checkpoints", self.step, self.state_dict())
+
+    @classmethod
+    def resume(cls, out_dir: str | Path, stream: ActivationStream, **overrides: Any) -> Trainer:
+        """Rebuild a trainer from the newest checkpoint in out_dir."""
+        out_dir = Path(out_dir)
+        path = ckpt.latest_checkpoint(out_dir / "checkpoints")
+        if path is None:
+            raise ckpt.CheckpointError(f"{out_dir}: no checkpoint to resume from")
+        state = ckpt.read_checkpoint(path)
+        cfg = TrainConfig(**{**state["train_config"], **overrides})
+        saes = {}
+        for ms in state["members"]:
+            fields = {k: v for k, v in ms["sae_config"].items() if k != "architecture"}
+            arch = ms["sae_config"]["architecture"]
+            saes[ms["name"]] = get_architecture(arch)(make_config(arch, **fields))
+        trainer = cls(saes, stream, cfg, out_dir)
+        trainer.step = state["step"]
+        trainer.scale = state["scale"]
+        trainer.initialised = state["initialised"]
+        stream.load_state_dict(state["stream"])
+        torch.set_rng_state(state["torch_rng"])
+        for m, ms in zip(trainer.members, state["members"], strict=True):
+            m.sae.load_state_dict(ms["model"])
+            m.optimizer.load_state_dict(ms["optimizer"])
+            m.scheduler.load_state_dict(ms["scheduler"])
+            m.tokens_since_fired.copy_(ms["tokens_since_fired"])
+            m.last = ms["last"]
+        return trainer
+
+
+class _DeferredInterrupts:
+    """SIGINT/SIGTERM during a step set a flag; the loop stops after the step, so a
+    checkpoint never holds a half-applied update. A second signal interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        try:
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not in the main thread: leave signals alone
+            self._old = {}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
