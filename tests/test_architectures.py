@@ -184,3 +184,26 @@ def test_parallel_gradient_removed_for_unit_norm_decoders():
     sae.remove_parallel_decoder_grad()
     radial = (sae.W_dec.grad * sae.W_dec).sum(-1)
     assert radial.abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_gather_values_gradients_match_autograd_for_any_entry_order(shuffle):
+    from saekit.sae.sparse import gather_values
+
+    torch.manual_seed(7)
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(9, dtype=torch.float64, requires_grad=True)
+    rows = torch.tensor([0, 0, 1, 2, 2, 2, 4, 5])
+    cols = torch.tensor([1, 3, 3, 0, 4, 8, 2, 2])
+    if shuffle:
+        perm = torch.randperm(len(rows))
+        rows, cols = rows[perm], cols[perm]
+    weights = torch.randn(len(rows), dtype=torch.float64)
+    (gather_values(x, W, b, rows, cols) * weights).sum().backward()
+    ours = [t.grad.clone() for t in (x, W, b)]
+    for t in (x, W, b):
+        t.grad = None
+    (((x[rows] * W[cols]).sum(-1) + b[cols]) * weights).sum().backward()
+    for mine, ref in zip(ours, (x.grad, W.grad, b.grad)):
+        assert torch.allclose(mine, ref, atol=1e-12)

@@ -11,7 +11,14 @@ from saekit.formats import native
 from saekit.formats.native import SAEFileError
 from saekit.sae import TrainContext
 
-ARCHS = {"relu": {}, "topk": {"k": 3}, "batchtopk": {"k": 3}, "jumprelu": {}, "matryoshka": {"k": 3}}
+ARCHS = {
+    "relu": {},
+    "topk": {"k": 3},
+    "batchtopk": {"k": 3},
+    "jumprelu": {},
+    "matryoshka": {"k": 3},
+    "mpsae": {"n_steps": 4},
+}
 
 
 def trained(arch):

@@ -55,7 +55,7 @@ def test_dictionary_is_a_function_of_spec_and_seed():
 
 
 def test_spec_errors_name_the_valid_choices():
-    with pytest.raises(ValueError, match="valid recipes: correlated, superposition, tree"):
+    with pytest.raises(ValueError, match="valid recipes: correlated, .*superposition, tree"):
         make_recipe("nope")
     with pytest.raises(ValueError, match="valid options: d_in, decay, k_avg, n_features"):
         make_recipe("superposition:width=3")

@@ -68,6 +68,11 @@ class SyntheticRecipe:
         """The recipe's own parameters (JSON-able). Extended by each recipe."""
         return {}
 
+    def extras(self, x: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample tensors beyond the codes that the stream attaches to each Batch
+        (e.g. "grad" for g-SAE). Default: none."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """Every parameter needed to rebuild the recipe, JSON-able."""
         return {
@@ -308,10 +313,95 @@ class TreeRecipe(SyntheticRecipe):
         }
 
 
+# ---- recipe G: planted low-magnitude, high-impact features (g-SAE) ----------------------
+
+
+class PlantedReadoutRecipe(SyntheticRecipe):
+    """Small features that a downstream readout depends on strongly (for g-SAE, methods.md §4).
+
+    Directions: features 0..n_planted-1 are "planted": orthonormal directions spanning a
+    random n_planted-dimensional subspace; the ordinary features are Gaussian unit vectors in
+    its orthogonal complement (so the readout below sees the planted features only).
+    Firing: each ordinary feature fires independently with probability k_avg / n_ordinary
+    (expected L0 k_avg) and value U[0, 1]; each planted feature with probability p_planted
+    and the small value scale·U[0.5, 1].
+    Downstream: a linear readout y = R x with R = gain · G_planted [n_planted, d_in] and the
+    loss L(x) = ½‖R x‖² (a readout that must stay at 0), so the readout is dominated by the
+    planted features. Batches carry extras["grad"] = ∂L/∂x = Rᵀ R x [n, d_in].
+    A TopK SAE whose k is below the number of active features drops the small planted ones.
+    """
+
+    name = "readout"
+    options = {
+        "n_features": int, "d_in": int, "k_avg": float, "n_planted": int,
+        "p_planted": float, "scale": float, "gain": float,
+    }  # fmt: skip
+
+    def __init__(
+        self,
+        n_features: int = 256,
+        d_in: int = 64,
+        k_avg: float = 6.0,
+        n_planted: int = 8,
+        p_planted: float = 0.1,
+        scale: float = 0.15,
+        gain: float = 10.0,
+        seed: int = 0,
+    ):
+        super().__init__(seed)
+        if not 0 < n_planted < n_features:
+            raise ValueError(f"n_planted must be in [1, n_features), got {n_planted}")
+        if not 0 < k_avg <= n_features - n_planted:
+            raise ValueError(f"k_avg must be in (0, {n_features - n_planted}], got {k_avg}")
+        if not 0 < p_planted <= 1 or scale <= 0 or gain <= 0:
+            raise ValueError("need 0 < p_planted <= 1, scale > 0 and gain > 0")
+        self.k_avg, self.n_planted, self.p_planted = float(k_avg), int(n_planted), float(p_planted)
+        self.scale, self.gain = float(scale), float(gain)
+        if n_planted >= d_in:
+            raise ValueError(f"n_planted must be < d_in={d_in}, got {n_planted}")
+        self.dictionary = self._geometry(n_features, d_in, torch.Generator().manual_seed(seed))
+        self.readout = gain * self.dictionary[:n_planted]  # R [n_planted, d_in]
+        p_ordinary = k_avg / (n_features - n_planted)
+        self.probabilities = torch.full((n_features,), p_ordinary)
+        self.probabilities[:n_planted] = p_planted
+
+    def _geometry(self, n_features: int, d_in: int, generator: torch.Generator) -> torch.Tensor:
+        gaussian = torch.randn(d_in, d_in, generator=generator, dtype=torch.float64)
+        basis = torch.linalg.qr(gaussian)[0].T  # orthonormal rows
+        planted, rest = basis[: self.n_planted], basis[self.n_planted :]
+        coords = random_unit_rows(n_features - self.n_planted, len(rest), generator).double()
+        return torch.cat([planted, coords @ rest]).float()
+
+    @property
+    def planted(self) -> torch.Tensor:
+        """Indices of the planted features [n_planted]."""
+        return torch.arange(self.n_planted)
+
+    def sample_codes(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        active = torch.rand(n, self.n_features, generator=generator) < self.probabilities
+        values = torch.rand(n, self.n_features, generator=generator)
+        values[:, : self.n_planted] = self.scale * (0.5 + 0.5 * values[:, : self.n_planted])
+        return values * active
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample readout loss ½‖R x‖² [n]."""
+        return 0.5 * (x @ self.readout.T).pow(2).sum(-1)
+
+    def extras(self, x: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"grad": (x @ self.readout.T) @ self.readout}
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "k_avg": self.k_avg, "n_planted": self.n_planted, "p_planted": self.p_planted,
+            "scale": self.scale, "gain": self.gain, "loss": "0.5*||R x||^2, R = gain*G[planted]",
+        }  # fmt: skip
+
+
 # ---- specs ------------------------------------------------------------------------------
 
 RECIPES: dict[str, type[SyntheticRecipe]] = {
-    cls.name: cls for cls in (SuperpositionRecipe, CorrelatedRecipe, TreeRecipe)
+    cls.name: cls
+    for cls in (SuperpositionRecipe, CorrelatedRecipe, TreeRecipe, PlantedReadoutRecipe)
 }
 
 
@@ -383,7 +473,7 @@ class SyntheticStream:
         """Batch `index`, independent of the stream's position."""
         gen = torch.Generator().manual_seed(batch_seed(self.seed, index))
         x, codes = self.recipe.sample(self.batch_size, gen)
-        return Batch(x, {"codes": codes})
+        return Batch(x, {"codes": codes, **self.recipe.extras(x, codes)})
 
     def __iter__(self) -> Iterator[Batch]:
         while self.n_batches is None or self.batch_index < self.n_batches:
@@ -417,6 +507,7 @@ def expected_tree_l0() -> float:
 __all__ = [
     "RECIPES",
     "CorrelatedRecipe",
+    "PlantedReadoutRecipe",
     "SuperpositionRecipe",
     "SyntheticRecipe",
     "SyntheticStream",

@@ -16,6 +16,7 @@ import torch
 
 from saekit.sae.base import SAE, SAEConfig, TrainContext, TrainOutput, reconstruction_loss
 from saekit.sae.registry import register
+from saekit.sae.topk import auxk_loss
 
 
 def _rectangle(u: torch.Tensor) -> torch.Tensor:
@@ -65,6 +66,10 @@ class JumpReLUConfig(SAEConfig):
     sparsity_warmup: float = 0.1  # fraction of training over which a fixed λ ramps from 0
     bandwidth: float = 0.05  # ε, in units of pre-activations at E||x|| = sqrt(d_in)
     init_threshold: float = 0.1
+    # AuxK on dead latents: a latent whose θ rose above all its pre-activations gets no
+    # gradient from either loss term and would stay dead forever.
+    k_aux: int | None = None  # default d_in // 2
+    aux_coeff: float = 1 / 32
 
 
 @register
@@ -99,6 +104,10 @@ class JumpReLUSAE(SAE):
         l0 = _Step.apply(pre, self.threshold, eps).sum(-1).mean()
         coeff = self.current_coeff(ctx.progress)
         losses = {"mse": reconstruction_loss(x, x_hat), "l0": coeff * l0}
+        if self.cfg.aux_coeff > 0 and ctx.dead_mask is not None and ctx.dead_mask.any():
+            k_aux = self.cfg.k_aux or max(1, self.d_in // 2)
+            aux = auxk_loss(self, x - self.b_dec, pre.detach(), x - x_hat, ctx.dead_mask, k_aux)
+            losses["auxk"] = self.cfg.aux_coeff * aux
         if self.training and self.cfg.target_l0 is not None:
             with torch.no_grad():
                 ratio = float(l0) / self.cfg.target_l0 - 1.0

@@ -44,28 +44,83 @@ def from_topk(indices: torch.Tensor, n_latents: int) -> tuple[torch.Tensor, torc
     return rows, indices.reshape(-1)
 
 
+def row_offsets(rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """Start of each row's entries in a row-sorted entry list (embedding_bag offsets)."""
+    offsets = torch.zeros(batch, dtype=torch.long, device=rows.device)
+    offsets[1:] = torch.bincount(rows, minlength=batch).cumsum(0)[:-1]
+    return offsets
+
+
+class _SelectedPreActivations(torch.autograd.Function):
+    """values[e] = <W_enc[cols[e]], x_c[rows[e]]> + b_enc[cols[e]] at the chosen entries.
+
+    The forward reuses the values already computed by the no-grad dense matmul; the backward
+    touches only the nnz entries: a sparse [n_latents, batch] x [batch, d_in] product for
+    W_enc and an embedding_bag for x_c (each ~20x faster on CPU than fancy-index gathers of
+    [nnz, d_in] temporaries).
+    """
+
+    @staticmethod
+    def forward(ctx, x_centered, W_enc, b_enc, rows, cols, offsets, values):
+        ctx.save_for_backward(x_centered, W_enc, rows, cols, offsets)
+        ctx.has_bias = b_enc is not None
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_centered, W_enc, rows, cols, offsets = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            if offsets.numel():  # rows sorted: one embedding_bag
+                grad_x = F.embedding_bag(cols, W_enc, offsets, mode="sum", per_sample_weights=grad)
+            else:
+                by_row = torch.sparse_coo_tensor(
+                    torch.stack([rows, cols]),
+                    grad,
+                    (x_centered.shape[0], W_enc.shape[0]),
+                    check_invariants=False,
+                )
+                grad_x = torch.sparse.mm(by_row, W_enc)
+        if ctx.needs_input_grad[1]:
+            selection = torch.sparse_coo_tensor(
+                torch.stack([cols, rows]),
+                grad,
+                (W_enc.shape[0], x_centered.shape[0]),
+                check_invariants=False,
+            )
+            grad_w = torch.sparse.mm(selection, x_centered)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(W_enc.shape[0], dtype=grad.dtype, device=grad.device)
+            grad_b.index_add_(0, cols, grad)
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
 def gather_values(
     x_centered: torch.Tensor,
     W_enc: torch.Tensor,
     b_enc: torch.Tensor | None,
     rows: torch.Tensor,
     cols: torch.Tensor,
+    pre: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Differentiable pre-activations at the chosen entries only: <e_c, x_r> + b_c, [nnz]."""
-    values = (x_centered[rows] * W_enc[cols]).sum(-1)
-    if b_enc is not None:
-        values = values + b_enc[cols]
-    return values
+    """Differentiable pre-activations at the chosen (row-sorted) entries only, [nnz].
+    `pre` [batch, n_latents]: the same pre-activations computed without gradient, if at hand."""
+    with torch.no_grad():
+        if pre is not None:
+            values = pre[rows, cols]
+        else:
+            values = (x_centered[rows] * W_enc[cols]).sum(-1)
+            if b_enc is not None:
+                values = values + b_enc[cols]
+    is_sorted = rows.numel() < 2 or bool((rows[1:] >= rows[:-1]).all())
+    offsets = row_offsets(rows, x_centered.shape[0]) if is_sorted else rows.new_empty(0)
+    return _SelectedPreActivations.apply(x_centered, W_enc, b_enc, rows, cols, offsets, values)
 
 
 def sparse_decode(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None) -> torch.Tensor:
     """[batch, d_in] = Σ_i f_i d_i (+ b_dec), via embedding_bag (no [nnz, d_in] temporary)."""
-    counts = torch.bincount(code.rows, minlength=code.batch)
-    offsets = torch.zeros_like(counts)
-    offsets[1:] = counts.cumsum(0)[:-1]
-    out = F.embedding_bag(
-        code.cols, W_dec, offsets, mode="sum", per_sample_weights=code.values
-    )
+    offsets = row_offsets(code.rows, code.batch)
+    out = F.embedding_bag(code.cols, W_dec, offsets, mode="sum", per_sample_weights=code.values)
     return out if b_dec is None else out + b_dec
 
 

@@ -47,7 +47,7 @@ def auxk_loss(
     ranking = (pre if score is None else score).masked_fill(~dead_mask, float("-inf"))
     idx = ranking.topk(k, dim=-1).indices
     rows, cols = from_topk(idx, sae.n_latents)
-    values = gather_values(x_centered, sae.W_enc, sae.b_enc, rows, cols)
+    values = gather_values(x_centered, sae.W_enc, sae.b_enc, rows, cols, pre)
     if score is None:
         values = values.relu()
     code = SparseCode(rows, cols, values, pre.shape[0], sae.n_latents)
@@ -85,7 +85,7 @@ class TopKSAE(SAE):
         with torch.no_grad():
             pre = x_centered @ self.W_enc.T + self.b_enc
         rows, cols = self.select(pre, **ctx.extras)
-        values = gather_values(x_centered, self.W_enc, self.b_enc, rows, cols).relu()
+        values = gather_values(x_centered, self.W_enc, self.b_enc, rows, cols, pre).relu()
         return SparseCode(rows, cols, values, x.shape[0], self.n_latents), x_centered, pre
 
     def training_forward(self, x: torch.Tensor, ctx: TrainContext) -> TrainOutput:

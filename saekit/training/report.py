@@ -76,15 +76,20 @@ def plot_curves(metrics_path: Path, out: Path) -> Path | None:
 
 def write_run_report(out: Path, settings: dict[str, Any], eval_tokens: int) -> RunReport:
     from saekit.data import open_stream
-    from saekit.evaluation.evaluate import evaluate
+    from saekit.evaluation.evaluate import EvalSettings, evaluate_sae, model_source
     from saekit.formats.native import load
 
     results: dict[str, dict[str, Any]] = {}
     for sae_dir in sorted(p for p in (out / "saes").iterdir() if p.is_dir()):
         sae = load(sae_dir)
-        stream = open_stream(settings["data"], batch_size=int(settings["batch_size"]),
+        spec = settings.get("train_data", settings["data"])
+        stream = open_stream(spec, batch_size=int(settings["batch_size"]),
                              seed=int(settings["seed"]), split="eval")
-        results[sae_dir.name] = evaluate(sae, stream, eval_tokens)
+        # Model-derived SAEs also get the spliced-in CE/KL scores.
+        groups = ("core", "synthetic", "spliced") if model_source(sae) else ("core", "synthetic")
+        results[sae_dir.name] = evaluate_sae(
+            sae, stream, EvalSettings(groups=groups, n_tokens=eval_tokens), name=sae_dir.name
+        )
         (sae_dir / "eval.json").write_text(json.dumps(results[sae_dir.name], indent=2) + "\n")
     plot = plot_curves(out / "metrics.jsonl", out / "training_curves.png")
     header, rows = table(results)

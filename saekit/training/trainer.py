@@ -157,7 +157,8 @@ class Trainer:
         else:
             b = torch.zeros(sample.shape[1])
         for m in self.members:
-            m.sae.b_dec.copy_(b)
+            if m.sae.b_dec.requires_grad:  # a frozen bias (e.g. MP-SAE without b_pre) stays 0
+                m.sae.b_dec.copy_(b)
         self.initialised = True
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -179,7 +180,7 @@ class Trainer:
             m.scheduler.step()
             m.sae.normalise_decoder()
             m.sae.calibrate(out.codes)
-            fired = (out.codes != 0).any(0)
+            fired = out.codes.any(0)
             m.tokens_since_fired += len(batch)
             m.tokens_since_fired[fired] = 0
             if log_now:

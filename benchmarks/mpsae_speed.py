@@ -1,0 +1,325 @@
+"""MP-SAE speed: saekit's pursuit (Gram selection + replay) against the naive unrolled loop,
+and saekit's whole MP-SAE training step against its TopK training step.
+
+    python benchmarks/mpsae_speed.py                # d_in 576, 4,608 latents, T = k = 32, batch 1,024
+    python benchmarks/mpsae_speed.py --small        # a quick run
+    python benchmarks/mpsae_speed.py --ratio-only   # only the MP / TopK train-step ratio
+
+Each (variant, phase) runs in its own subprocess with one thread, so the peak resident memory
+(getrusage maxrss, minus the process's footprint after setup) belongs to that variant alone.
+Phases: `encode` (no autograd; ours caches the Gram matrix across calls, as a model does while
+its dictionary is unchanged), `encode_cold` (ours, rebuilding the Gram every call) and `train`
+(training forward + backward of the reconstruction loss; no optimiser step, no dead atoms). Prints; asserts nothing. The
+naive loop is methods.md §3.5's "naive cost": c = r Dᵀ and a dense one-hot update every step,
+autograd through the loop. Issue targets: encode ≥ 5x, train step ≥ 10x the naive loop.
+
+The `ratio` child times `Trainer.train_step` (forward, backward, clip, Adam, renormalisation,
+dead-latent counters; as benchmarks/train_step.py) for an MP-SAE (T = 32) and a TopK SAE
+(k = 32) of the same size on the same batches, alternating rounds so that drifting machine
+load hits both, and splits the MP step into Gram build, c⁰ = r Dᵀ, pursuit steps, replay
+forward + backward and the rest (optimiser etc.). Issue target: MP step ≤ 1.5x the TopK
+step. Writes benchmarks/results/mpsae_speed.json and the `speed` section of
+benchmarks/results/mpsae.md unless --no-write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+SIZES = {
+    "full": dict(d_in=576, n_latents=4608, n_steps=32, batch=1024),
+    "small": dict(d_in=128, n_latents=1024, n_steps=16, batch=256),
+}
+RESULTS = Path(__file__).parent / "results"
+RATIO_ROUNDS = 5  # alternating (MP, TopK) rounds of 2 steps each
+# (variant, phase, untimed warm-up runs, timed runs); the naive loop is slow and its first-call
+# overheads are negligible, so one timed run.
+RUNS = [
+    ("ours", "encode_cold", 1, 3),
+    ("ours", "encode", 1, 3),
+    ("naive", "encode", 0, 1),
+    ("ours", "train", 1, 3),
+    ("naive", "train", 0, 1),
+]
+
+
+def setup(size: dict[str, int], seed: int = 0):
+    """A random unit-norm dictionary with a small b_pre; inputs with ‖x‖ ≈ √d_in (the
+    training scale, methods.md §2.5)."""
+    from saekit.sae import create
+
+    sae = create("mpsae", d_in=size["d_in"], n_latents=size["n_latents"],
+                 n_steps=size["n_steps"], seed=seed)  # fmt: skip
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        sae.b_dec.copy_(0.1 * torch.randn(size["d_in"], generator=g))
+    x = torch.randn(size["batch"], size["d_in"], generator=g)
+    return sae, x
+
+
+def encode_ours(sae, x) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return {"codes": sae.encode(x)}
+
+
+def encode_ours_cold(sae, x) -> dict[str, torch.Tensor]:
+    sae._gram = None  # drop the cached Gram matrix: rebuilt inside encode
+    return encode_ours(sae, x)
+
+
+def encode_naive(sae, x) -> dict[str, torch.Tensor]:
+    from saekit.sae.pursuit import naive_pursuit
+
+    with torch.no_grad():
+        return {"codes": naive_pursuit(sae.W_dec, x, sae.b_dec, sae.cfg.n_steps, sae.cfg.sign)[0]}
+
+
+def _grads(sae, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    sae.zero_grad(set_to_none=True)
+    loss.backward()
+    return {"grad_W_dec": sae.W_dec.grad.clone(), "grad_b_dec": sae.b_dec.grad.clone()}
+
+
+def train_ours(sae, x) -> dict[str, torch.Tensor]:
+    from saekit.sae import TrainContext
+
+    sae._gram = None  # in training the dictionary changes every step: the Gram is rebuilt
+    out = sae.training_forward(x, TrainContext())
+    return {"codes": out.codes.detach(), **_grads(sae, out.losses["mse"])}
+
+
+def train_naive(sae, x) -> dict[str, torch.Tensor]:
+    from saekit.sae.base import reconstruction_loss
+    from saekit.sae.pursuit import naive_pursuit
+
+    codes, x_hat, _ = naive_pursuit(sae.W_dec, x, sae.b_dec, sae.cfg.n_steps, sae.cfg.sign)
+    return {"codes": codes.detach(), **_grads(sae, reconstruction_loss(x, x_hat))}
+
+
+PHASES: dict[tuple[str, str], Callable] = {
+    ("ours", "encode"): encode_ours,
+    ("ours", "encode_cold"): encode_ours_cold,
+    ("naive", "encode"): encode_naive,
+    ("ours", "train"): train_ours,
+    ("naive", "train"): train_naive,
+}
+
+
+def _trainer(arch: str, size: dict[str, int], **options):
+    """A Trainer on one SAE, stepped by hand (benchmarks/train_step.py's protocol)."""
+    from train_step import _NoStream
+
+    from saekit.sae import create
+    from saekit.training.trainer import TrainConfig, Trainer
+
+    sae = create(arch, d_in=size["d_in"], n_latents=size["n_latents"], **options)
+    cfg = TrainConfig(steps=10**9, lr=1e-3, progress_bar=False)
+    return Trainer({arch: sae}, _NoStream(size["d_in"], size["batch"]), cfg)
+
+
+def _median_ms(fn: Callable[[], object], reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def ratio_child(size_name: str, rounds: int, out: Path) -> None:
+    """MP-SAE vs TopK Trainer.train_step, alternating; then where the MP step's time goes."""
+    from saekit.data.stream import Batch
+    from saekit.sae import TrainContext
+    from saekit.sae.pursuit import gram_matrix, replay, select_atoms
+
+    torch.set_num_threads(1)
+    size = SIZES[size_name]
+    g = torch.Generator().manual_seed(0)
+    data = [torch.randn(size["batch"], size["d_in"], generator=g) for _ in range(4)]
+    mp = _trainer("mpsae", size, n_steps=size["n_steps"])
+    topk = _trainer("topk", size, k=size["n_steps"])
+    step = {"mpsae": 0, "topk": 0}
+
+    def run(name: str, trainer, n: int = 2) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            trainer.train_step(Batch(data[step[name] % 4]))
+            step[name] += 1
+        return (time.perf_counter() - t0) / n
+
+    run("mpsae", mp, 1), run("topk", topk, 1)
+    times: dict[str, list[float]] = {"mpsae": [], "topk": []}
+    for _ in range(rounds):
+        times["mpsae"].append(run("mpsae", mp))
+        times["topk"].append(run("topk", topk))
+
+    sae = mp.members[0].sae
+    x = data[0] * mp.scale
+    r0 = (x - sae.b_dec).detach()
+    D = sae.W_dec.detach()
+    G = gram_matrix(D)
+    sel = select_atoms(D, r0, size["n_steps"], gram=G, method="gram")
+
+    def replay_fb() -> None:
+        sae.zero_grad(set_to_none=True)
+        _, recon = replay(sae.W_dec, x - sae.b_dec, sel.indices, sel.updated)
+        (recon + sae.b_dec - x).pow(2).sum(-1).mean().backward()
+
+    def forward_backward() -> None:
+        sae._gram = None
+        sae.zero_grad(set_to_none=True)
+        out = sae.training_forward(x, TrainContext(dead_mask=torch.zeros(sae.n_latents, dtype=torch.bool)))
+        sum(out.losses.values()).backward()
+
+    reps = max(3, rounds // 2)
+    parts = {
+        "gram build": _median_ms(lambda: gram_matrix(D), reps),
+        "c0 = r D^T": _median_ms(lambda: r0 @ D.T, reps),
+        "pursuit (Gram given, incl. c0)": _median_ms(
+            lambda: select_atoms(D, r0, size["n_steps"], gram=G, method="gram"), reps),
+        "replay fwd+bwd": _median_ms(replay_fb, reps),
+        "training_forward + backward": _median_ms(forward_backward, reps),
+    }  # fmt: skip
+    torch.save({"times": times, "parts_ms": parts}, out)
+
+
+def child(variant: str, phase: str, size: str, warmup: int, reps: int, out: Path) -> None:
+    """Run one (variant, phase) and save times, memory and the last result to `out`."""
+    torch.set_num_threads(1)
+    sae, x = setup(SIZES[size])
+    fn = PHASES[variant, phase]
+    base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(warmup):
+        fn(sae, x)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        result = fn(sae, x)
+        times.append(time.perf_counter() - t0)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    torch.save({"times": times, "peak_mb": (peak_kb - base_kb) / 1024, **result}, out)
+
+
+def run_child(variant: str, phase: str, size: str, warmup: int, reps: int, tmp: Path) -> dict:
+    out = tmp / f"{variant}-{phase}.pt"
+    cmd = [sys.executable, __file__, "--child", variant, phase, "--size", size,
+           "--warmup", str(warmup), "--reps", str(reps), "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    subprocess.run(cmd, check=True, env=env)
+    return torch.load(out)
+
+
+def compare(ours: dict, naive: dict) -> str:
+    """Codes: same support and values; gradients: max |Δ| relative to the largest entry."""
+    same_support = bool(((ours["codes"] != 0) == (naive["codes"] != 0)).all())
+    parts = [f"same support {same_support}",
+             f"max |Δcode| {float((ours['codes'] - naive['codes']).abs().max()):.1e}"]  # fmt: skip
+    for key in ("grad_W_dec", "grad_b_dec"):
+        if key in ours:
+            rel = (ours[key] - naive[key]).abs().max() / naive[key].abs().max()
+            parts.append(f"{key} rel. max |Δ| {float(rel):.1e}")
+    return ", ".join(parts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--small", action="store_true", help="d_in 128, 1,024 latents, T 16, batch 256")
+    ap.add_argument("--child", nargs=2, metavar=("VARIANT", "PHASE"), help=argparse.SUPPRESS)
+    ap.add_argument("--size", default="full", help=argparse.SUPPRESS)
+    ap.add_argument("--warmup", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--reps", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--ratio-only", action="store_true", help="only the MP / TopK train-step ratio")
+    ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
+    args = ap.parse_args()
+    if args.child:
+        if args.child[0] == "ratio":
+            ratio_child(args.size, args.reps, args.out)
+        else:
+            child(*args.child, args.size, args.warmup, args.reps, args.out)
+        return
+
+    size = "small" if args.small else "full"
+    spec = SIZES[size]
+    print(f"MP-SAE speed, {size}: {json.dumps(spec)}, torch {torch.__version__}, 1 thread")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant, phase, warmup, reps in [] if args.ratio_only else RUNS:
+            results[variant, phase] = run_child(variant, phase, size, warmup, reps, Path(tmp))
+        ratio = run_child("ratio", "step", size, 0, RATIO_ROUNDS, Path(tmp))
+    text = report_ratio(ratio, spec)
+    if not args.ratio_only:
+        text = report_naive(results, spec) + "\n" + text
+    print(text)
+    if not args.no_write:
+        from mpsae_hierarchy import write_section
+
+        command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+        doc = {"command": command, "size": spec, "torch": torch.__version__,
+               "ratio": {"times_s": ratio["times"], "parts_ms": ratio["parts_ms"]},
+               "naive": {f"{v} {p}": {"times_s": r["times"], "peak_mb": r["peak_mb"]}
+                         for (v, p), r in results.items()}}  # fmt: skip
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "mpsae_speed.json").write_text(json.dumps(doc, indent=1) + "\n")
+        md = f"## MP-SAE speed\n\n```\n{text.strip()}\n```\n\nCommand: `{command}`\n"
+        write_section(RESULTS / "mpsae.md", "speed", md)
+
+
+def report_ratio(ratio: dict, spec: dict[str, int]) -> str:
+    """The MP / TopK train-step ratio and the MP step's breakdown, as text."""
+    mp = 1e3 * statistics.median(ratio["times"]["mpsae"])
+    tk = 1e3 * statistics.median(ratio["times"]["topk"])
+    lines = [
+        f"saekit Trainer.train_step, d_in {spec['d_in']}, {spec['n_latents']} latents, "
+        f"batch {spec['batch']} (median of {len(ratio['times']['topk'])} alternating rounds)",
+        f"  MP-SAE (T = {spec['n_steps']})  {mp:8.0f} ms/step  {spec['batch'] / mp * 1e3:8.0f} tokens/s",
+        f"  TopK   (k = {spec['n_steps']})  {tk:8.0f} ms/step  {spec['batch'] / tk * 1e3:8.0f} tokens/s",
+        f"  ratio MP / TopK: {mp / tk:.2f} (issue target <= 1.5)",
+        "  where the MP step goes (ms, medians, measured separately):",
+    ]  # fmt: skip
+    for name, ms in ratio["parts_ms"].items():
+        lines.append(f"    {name:<32}{ms:8.0f}")
+    return "\n".join(lines) + "\n"
+
+
+def report_naive(results: dict, spec: dict[str, int]) -> str:
+    """The ours-vs-naive table, as text."""
+    out = []
+
+    batch = spec["batch"]
+    out.append(f"\n{'variant':<22}{'seconds':>10}{'tokens/s':>12}{'peak MB':>10}")
+    rows = {
+        f"{v} {p}": (statistics.median(r["times"]), r["peak_mb"]) for (v, p), r in results.items()
+    }
+    for name, (sec, mb) in rows.items():
+        out.append(f"{name:<22}{sec:>10.3f}{batch / sec:>12.0f}{mb:>10.0f}")
+
+    out.append("\nspeed-up over naive (target: encode >= 5x, train >= 10x)")
+    for name in ("ours encode_cold", "ours encode", "ours train"):
+        naive_sec = rows["naive " + name.split()[1].removesuffix("_cold")][0]
+        out.append(f"  {name:<20}{naive_sec / rows[name][0]:>8.1f}x")
+    out.append("  peak memory ours/naive: encode "
+          f"{results['ours', 'encode']['peak_mb'] / max(results['naive', 'encode']['peak_mb'], 1):.2f}, "
+          f"train {results['ours', 'train']['peak_mb'] / max(results['naive', 'train']['peak_mb'], 1):.2f}")  # fmt: skip
+    out.append("\nagreement with the naive loop (fp32)")
+    for phase in ("encode", "train"):
+        out.append(f"  {phase}: {compare(results['ours', phase], results['naive', phase])}")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""Hookpoints: read module activations out of a model in one (truncated) forward pass.
+
+A *hookpoint* is a module path from ``model.named_modules()`` (e.g. ``"model.layers.15"``
+for decoder layer 15 of a Llama-style model), read either at the module's output or its
+first input. ``capture`` hooks several modules in one forward and stops the forward as soon
+as the last of them has fired (by raising a private exception from the hook), so capturing
+layer 7 of a 30-layer model costs about 8 layers of compute.
+
+Note the index shift of Hugging Face ``output_hidden_states``: ``hidden_states[L + 1]`` is
+the output of ``model.layers.L`` (index 0 is the embedding output), and the last entry is
+taken after the final norm.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+Which = Literal["output", "input"]
+
+
+class _StopForward(Exception):
+    """Raised by a capture hook once every requested activation has been recorded."""
+
+
+def get_module(model: nn.Module, hookpoint: str) -> nn.Module:
+    """The module at ``hookpoint``; an unknown path raises with the closest valid ones."""
+    modules = dict(model.named_modules())
+    if hookpoint in modules and hookpoint != "":
+        return modules[hookpoint]
+    names = [n for n in modules if n]
+    close = difflib.get_close_matches(hookpoint, names, n=5, cutoff=0.5) or names[:5]
+    raise KeyError(
+        f"unknown hookpoint {hookpoint!r}; close matches: {', '.join(close)} "
+        "(`saekit hookpoints <model>` lists them all)"
+    )
+
+
+def first_tensor(value: Any) -> torch.Tensor | None:
+    """The activation tensor inside a module's output: the value itself, the first element
+    of a tuple/list, or the first tensor field of a ModelOutput-like mapping."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value:
+        return first_tensor(value[0])
+    if isinstance(value, dict):
+        for v in value.values():
+            if isinstance(v, torch.Tensor):
+                return v
+    return None
+
+
+def _input_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """A module's first input: the first positional tensor, else ``hidden_states=``, else
+    the first tensor keyword argument."""
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a
+    if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+        return kwargs["hidden_states"]
+    return next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+
+
+def _run(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> Any:
+    # use_cache=False: no KV cache is built for a single scoring pass.
+    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+
+@torch.no_grad()
+def list_hookpoints(model: nn.Module, n_tokens: int = 4) -> list[tuple[str, int]]:
+    """Every module whose output is a [batch, seq, width] tensor, with its width.
+
+    Widths are read from one tiny forward (1 x ``n_tokens`` tokens) with a hook on every
+    module; modules are listed in ``named_modules`` order.
+    """
+    widths: dict[str, int] = {}
+    handles = []
+
+    def make_hook(name: str) -> Callable:
+        def hook(_module: nn.Module, _args: tuple, output: Any) -> None:
+            t = first_tensor(output)
+            if t is not None and t.ndim == 3 and t.shape[:2] == (1, n_tokens):
+                widths.setdefault(name, t.shape[-1])
+
+        return hook
+
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_hook(make_hook(name)))
+    try:
+        device = next(model.parameters()).device
+        ids = torch.ones(1, n_tokens, dtype=torch.long, device=device)
+        _run(model, ids, torch.ones_like(ids))
+    finally:
+        for h in handles:
+            h.remove()
+    return [(name, widths[name]) for name, _ in model.named_modules() if name in widths]
+
+
+@contextmanager
+def _capture_hooks(
+    model: nn.Module, hookpoints: Sequence[str], which: Which, out: dict[str, torch.Tensor]
+) -> Iterator[None]:
+    """Record each hookpoint's activation into ``out``; stop the forward once all are in."""
+    if which not in ("output", "input"):
+        raise ValueError(f"which must be 'output' or 'input', got {which!r}")
+    wanted = set(hookpoints)
+
+    def record(name: str, value: torch.Tensor | None) -> None:
+        if value is None:
+            raise TypeError(f"hookpoint {name!r} has no tensor {which}")
+        if name in out:
+            raise RuntimeError(
+                f"hookpoint {name!r} ran twice in one forward; its activation is ambiguous"
+            )
+        # clone: later in-place ops of the model must not change what we recorded.
+        out[name] = value.detach().clone()
+        if wanted.issubset(out):
+            raise _StopForward
+
+    handles = []
+    for name in hookpoints:
+        module = get_module(model, name)
+        if which == "output":
+            handles.append(
+                module.register_forward_hook(lambda _m, _a, o, n=name: record(n, first_tensor(o)))
+            )
+        else:
+            # Pre-hook: an input capture stops before the module itself runs.
+            handles.append(
+                module.register_forward_pre_hook(
+                    lambda _m, a, kw, n=name: record(n, _input_tensor(a, kw)), with_kwargs=True
+                )
+            )
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def capture(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    hookpoints: Sequence[str],
+    which: Which = "output",
+    check_finite: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Activations of several hookpoints from ONE forward, truncated after the last of them.
+
+    input_ids, attention_mask: [batch, seq].
+    Returns {hookpoint: [batch, seq, width]} in the model's dtype.
+    """
+    hookpoints = list(dict.fromkeys(hookpoints))
+    if not hookpoints:
+        raise ValueError("no hookpoints given")
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, seq], got {tuple(input_ids.shape)}")
+    out: dict[str, torch.Tensor] = {}
+    with _capture_hooks(model, hookpoints, which, out):
+        try:
+            _run(model, input_ids, attention_mask)
+        except _StopForward:
+            pass
+    missing = [h for h in hookpoints if h not in out]
+    if missing:
+        raise RuntimeError(f"hookpoints {missing} did not run during the forward pass")
+    if check_finite:
+        for name, act in out.items():
+            check_activations_finite(act, name)
+    return out
+
+
+def check_activations_finite(act: torch.Tensor, name: str) -> None:
+    """Raise if an activation tensor holds NaN or Inf (a diverged model or an fp16 overflow)."""
+    bad = ~torch.isfinite(act)
+    if bad.any():
+        idx = bad.nonzero()[0].tolist()
+        raise FloatingPointError(
+            f"non-finite activations at hookpoint {name!r}: {int(bad.sum())} values, first at "
+            f"index {idx}; try float32 weights or check the model"
+        )
+
+
+def token_mask(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    special_ids: Sequence[int] = (),
+    exclude_first: bool = True,
+    activations: torch.Tensor | None = None,
+    max_norm_factor: float | None = None,
+) -> torch.Tensor:
+    """Which tokens an SAE trains and is evaluated on: [batch, seq] bool, True = keep.
+
+    Excludes padding (attention_mask == 0), special tokens (BOS/EOS/PAD ids), the first
+    attended position of every row (a massive-activation sink on SmolLM2 and Gemma-3 even
+    without BOS: 35-160x the median norm), and, given ``activations`` [batch, seq, d] and
+    ``max_norm_factor``, tokens whose norm exceeds factor x the median norm of the tokens
+    still kept (the same outliers at other positions; one of them dominates any MSE).
+    """
+    keep = torch.ones_like(input_ids, dtype=torch.bool)
+    if attention_mask is not None:
+        keep &= attention_mask.bool()
+    if special_ids:
+        ids = torch.tensor(sorted(set(special_ids)), device=input_ids.device)
+        keep &= ~torch.isin(input_ids, ids)
+    if exclude_first:
+        attended = attention_mask.bool() if attention_mask is not None else torch.ones_like(keep)
+        # argmax of a bool row = first True: the first real token also under left padding.
+        first = attended.long().argmax(dim=1)
+        keep[torch.arange(keep.shape[0], device=keep.device), first] = False
+    if max_norm_factor is not None and activations is not None and keep.any():
+        norms = activations.float().norm(dim=-1)
+        keep &= norms <= max_norm_factor * norms[keep].median()
+    return keep
+
+
+def capture_with_grad(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    hookpoints: Sequence[str],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Activations and the gradient of the next-token loss with respect to them (for g-SAE).
+
+    The loss is the SUM of per-token cross-entropies over predicted positions whose target is
+    attended, so each token's gradient does not depend on the batch size. The last position
+    predicts nothing and gets a zero gradient. Weights stay frozen: the graph is started at
+    the embedding output instead.
+    Returns ({hookpoint: [batch, seq, d]}, {hookpoint: [batch, seq, d]}).
+    """
+    hookpoints = list(dict.fromkeys(hookpoints))
+    live: dict[str, torch.Tensor] = {}
+
+    def keep(name: str, value: Any) -> None:
+        t = first_tensor(value)
+        if t is None or not t.requires_grad:
+            raise TypeError(f"hookpoint {name!r} output is not part of the autograd graph")
+        t.retain_grad()
+        live[name] = t
+
+    embed = model.get_input_embeddings()
+    handles = [embed.register_forward_hook(lambda _m, _a, o: o.detach().requires_grad_())]
+    handles += [
+        get_module(model, n).register_forward_hook(lambda _m, _a, o, n=n: keep(n, o))
+        for n in hookpoints
+    ]
+    try:
+        with torch.enable_grad():
+            logits = _run(model, input_ids, attention_mask).logits
+            target_ok = (
+                attention_mask[:, 1:].bool()
+                if attention_mask is not None
+                else torch.ones_like(input_ids[:, 1:], dtype=torch.bool)
+            )
+            ce = nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="none"
+            )
+            (ce * target_ok.flatten()).sum().backward()
+    finally:
+        for h in handles:
+            h.remove()
+    acts = {n: live[n].detach() for n in hookpoints}
+    grads = {n: live[n].grad.detach() for n in hookpoints}
+    return acts, grads

@@ -1,0 +1,209 @@
+"""ModelStream: activations captured on the fly from a model over tokenised contexts (no cache).
+
+Shuffling works in chunks: every epoch permutes the contexts (seeded by seed and epoch),
+cuts the permutation into chunks of ``contexts_per_chunk`` contexts, runs each chunk through
+the model (truncated after the hookpoint), keeps the masked tokens and permutes them (seeded
+by seed, epoch and chunk). A batch therefore mixes tokens from ~contexts_per_chunk contexts
+drawn from the whole corpus, and the buffer (one chunk of activations) is a pure function of
+(seed, epoch, chunk).
+
+Resume guarantee: ``state_dict()`` is (epoch, chunk, offset within the chunk's permuted
+tokens). Loading it recomputes that one chunk and continues on exactly the next token, so a
+resumed stream yields the same batches as an uninterrupted one (bit-identical on CPU; on GPU
+up to the model's own run-to-run nondeterminism). Batches run across chunk and epoch
+boundaries, so every batch is full except possibly the last one when loop=False.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from saekit.data.corpora import TokenizedCorpus, tokenize_corpus
+from saekit.data.hooks import Which, capture, get_module, token_mask
+from saekit.data.models import describe_model, load_model
+from saekit.data.stream import Batch
+
+
+def _generator(*parts: Any) -> torch.Generator:
+    key = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key, "big") >> 1)
+
+
+class ModelStream:
+    """ActivationStream over ``contexts`` at ``hookpoint`` of ``model``.
+
+    contexts: a TokenizedCorpus [n_contexts, ctx_len].
+    batch_size: tokens per Batch; x is [batch_size, d_in] float32.
+    contexts_per_chunk: contexts per shuffle buffer (the buffer holds their masked tokens).
+    forward_batch: contexts per model forward.
+    Masking as `token_mask` (padding, special tokens, first position, optional norm outliers).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        contexts: TokenizedCorpus,
+        hookpoint: str,
+        batch_size: int = 4096,
+        seed: int = 0,
+        contexts_per_chunk: int = 64,
+        forward_batch: int = 8,
+        which: Which = "output",
+        exclude_first: bool = True,
+        max_norm_factor: float | None = None,
+        loop: bool = True,
+    ):
+        if batch_size <= 0 or contexts_per_chunk <= 0 or forward_batch <= 0:
+            raise ValueError("batch_size, contexts_per_chunk and forward_batch must be positive")
+        get_module(model, hookpoint)  # fail early on an unknown name
+        self.model, self.contexts, self.hookpoint, self.which = model, contexts, hookpoint, which
+        self.batch_size, self.seed = batch_size, seed
+        self.contexts_per_chunk, self.forward_batch = contexts_per_chunk, forward_batch
+        self.exclude_first, self.max_norm_factor = exclude_first, max_norm_factor
+        self.loop = loop
+        self.epoch, self.chunk, self.offset = 0, 0, 0
+        self._buffer: tuple[tuple[int, int], torch.Tensor] | None = None
+        self.d_in = self._width()
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-len(self.contexts) // self.contexts_per_chunk)
+
+    def _width(self) -> int:
+        sample = self.contexts.subset(slice(0, 1))
+        device = next(self.model.parameters()).device
+        ids, am = sample.input_ids.to(device), sample.attention_mask.to(device)
+        return capture(self.model, ids, am, [self.hookpoint], self.which)[self.hookpoint].shape[-1]
+
+    def _tokens(self, epoch: int, chunk: int) -> torch.Tensor:
+        """The permuted masked activations of one chunk: [n, d_in] float32."""
+        if self._buffer is not None and self._buffer[0] == (epoch, chunk):
+            return self._buffer[1]
+        order = torch.randperm(len(self.contexts), generator=_generator(self.seed, epoch))
+        rows = order[chunk * self.contexts_per_chunk : (chunk + 1) * self.contexts_per_chunk]
+        device = next(self.model.parameters()).device
+        parts = []
+        for i in range(0, len(rows), self.forward_batch):
+            sub = self.contexts.subset(rows[i : i + self.forward_batch])
+            act = capture(
+                self.model,
+                sub.input_ids.to(device),
+                sub.attention_mask.to(device),
+                [self.hookpoint],
+                self.which,
+            )[self.hookpoint].cpu()
+            mask = token_mask(
+                sub.input_ids,
+                sub.attention_mask,
+                sub.special_ids,
+                self.exclude_first,
+                act,
+                self.max_norm_factor,
+            )
+            parts.append(act[mask].float())
+        tokens = torch.cat(parts)
+        tokens = tokens[torch.randperm(len(tokens), generator=_generator(self.seed, epoch, chunk))]
+        self._buffer = ((epoch, chunk), tokens)
+        return tokens
+
+    def _next_chunk(self) -> None:
+        self.chunk, self.offset = self.chunk + 1, 0
+        if self.chunk >= self.n_chunks:
+            self.epoch, self.chunk = self.epoch + 1, 0
+
+    def _done(self) -> bool:
+        return self.epoch > 0 and not self.loop  # loop=False: epoch 0 only, like TensorStream
+
+    def __iter__(self) -> Iterator[Batch]:
+        empty = 0  # consecutive chunks without a kept token
+        while not self._done():
+            parts, need = [], self.batch_size
+            while need > 0 and not self._done():
+                tokens = self._tokens(self.epoch, self.chunk)
+                take = tokens[self.offset : self.offset + need]
+                parts.append(take)
+                need -= len(take)
+                self.offset += len(take)
+                if self.offset >= len(tokens):
+                    empty = empty + 1 if len(tokens) == 0 else 0
+                    if empty > self.n_chunks:
+                        raise ValueError("no tokens left after masking; check the contexts")
+                    self._next_chunk()
+            if need < self.batch_size:
+                yield Batch(torch.cat(parts))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "chunk": self.chunk,
+            "offset": self.offset,
+            "seed": self.seed,
+            "contexts_per_chunk": self.contexts_per_chunk,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume exactly; the state's seed and chunk size win over the constructor's."""
+        self.seed = int(state.get("seed", self.seed))
+        self.contexts_per_chunk = int(state.get("contexts_per_chunk", self.contexts_per_chunk))
+        self.epoch, self.chunk, self.offset = (int(state[k]) for k in ("epoch", "chunk", "offset"))
+        self._buffer = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": "model",
+            "model": describe_model(self.model),
+            "hookpoint": self.hookpoint,
+            "which": self.which,
+            "corpus": self.contexts.description,
+            "n_contexts": len(self.contexts),
+            "seed": self.seed,
+            "contexts_per_chunk": self.contexts_per_chunk,
+            "masking": {
+                "exclude_first": self.exclude_first,
+                "max_norm_factor": self.max_norm_factor,
+            },
+        }
+
+
+def default_hookpoint(model: nn.Module) -> str:
+    """The middle block of the model's longest ModuleList (the decoder layers)."""
+    lists = [(len(m), name) for name, m in model.named_modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError("cannot guess a hookpoint (no ModuleList of layers); name one")
+    n, name = max(lists)
+    return f"{name}.{n // 2}"
+
+
+_LOADED: dict[str, tuple[Any, Any]] = {}  # one load per process: loads cost 3-20 s
+
+
+def open_model_stream(
+    spec: str,
+    batch_size: int,
+    seed: int = 0,
+    split: str = "train",
+    corpus: str = "default",
+    n_contexts: int = 2048,
+    ctx_len: int = 128,
+    **kwargs: Any,
+) -> ModelStream:
+    """``"<model>[@<hookpoint>]"`` -> ModelStream on the corpus' train or held-out ("eval")
+    split; the hookpoint defaults to the middle decoder layer's output."""
+    name, at, hookpoint = spec.rpartition("@")
+    if not at:
+        name, hookpoint = spec, ""
+    if name not in _LOADED:
+        _LOADED[name] = load_model(name or "default")
+    model, tokenizer = _LOADED[name]
+    corpus_split = {"train": "train", "eval": "heldout"}.get(split)
+    if corpus_split is None:
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    contexts = tokenize_corpus(tokenizer, corpus, n_contexts, ctx_len, corpus_split, seed)
+    return ModelStream(
+        model, contexts, hookpoint or default_hookpoint(model), batch_size, seed, **kwargs
+    )

@@ -1,0 +1,154 @@
+"""Adaptive-sparsity curves (saekit/evaluation/adaptive.py, saekit/cli/adaptive.py)."""
+
+import json
+
+import pytest
+import torch
+
+from saekit.cli.common import Parser
+from saekit.data.synthetic import SyntheticStream, make_recipe
+from saekit.evaluation.adaptive import (
+    adaptive_curve,
+    adaptive_report,
+    markdown_table,
+    plot_curves,
+    settings_for,
+)
+from saekit.evaluation.evaluate import Skip
+from saekit.formats import native
+from saekit.sae import create
+from saekit.training.trainer import TrainConfig, Trainer
+
+RECIPE = "superposition:n_features=96,d_in=24,k_avg=4"
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """MP-SAE (T = 4), TopK (k = 4) and BatchTopK (k = 4) trained together for 250 steps on a
+    small superposition toy, exported to raw units; plus held-out x [2048, 24]."""
+    recipe = make_recipe(RECIPE, seed=0)
+    saes = {
+        "mpsae": create("mpsae", d_in=24, n_latents=96, n_steps=4),
+        "topk": create("topk", d_in=24, n_latents=96, k=4),
+        "batchtopk": create("batchtopk", d_in=24, n_latents=96, k=4),
+    }
+    cfg = TrainConfig(steps=250, lr=1e-2, dead_window_tokens=20_000, progress_bar=False)
+    trainer = Trainer(saes, SyntheticStream(recipe, 256, seed=0), cfg)
+    trainer.fit()
+    x, _ = recipe.sample(2048, torch.Generator().manual_seed(5))
+    return {m.name: trainer.export(m) for m in trainer.members}, x
+
+
+def by_setting(points, name):
+    return sorted((p for p in points if p["setting"] == name), key=lambda p: p["value"])
+
+
+def test_mp_error_is_monotone_and_extrapolates(trained):
+    saes, x = trained
+    rep = adaptive_report(saes["mpsae"], x)
+    assert rep["knob"] == "n_steps" and rep["train_value"] == 4
+    for name in ("mp_steps", "mp_threshold"):
+        curve = rep["curves"][name]
+        fvu = [p["fvu"] for p in curve["points"]]
+        assert [p["n_steps"] for p in curve["points"]] == list(range(1, 17))
+        assert curve["monotonicity_violations"] == 0
+        assert all(b <= a for a, b in zip(fvu, fvu[1:]))
+        assert curve["extrapolation_gain"] > 0.01  # error keeps falling past the training T
+    steps = rep["curves"]["mp_steps"]
+    assert steps["fvu_at_train"] < 0.15 and steps["fvu_at_4x"] < 0.3 * steps["fvu_at_train"]
+    assert steps["points"][0]["l0"] == 1.0 and steps["l0_at_train"] <= 4.0
+    # The residual stop ends tokens early: fewer atoms than the fixed-step curve at 4T.
+    thr = rep["curves"]["mp_threshold"]
+    assert 0 < thr["relative_threshold"] < 1
+    assert thr["l0_at_4x"] < 0.6 * steps["l0_at_4x"]
+
+
+def test_curves_equal_encode_then_decode(trained):
+    """The one-pass curves are what encode(x, n_steps=t / k=k) + decode give."""
+    saes, x = trained
+    centred = (x.double() - x.double().mean(0)).pow(2).sum()
+    mp, topk = saes["mpsae"], saes["topk"]
+    points = adaptive_curve(mp, x, relative_threshold=0.05)
+    with torch.no_grad():
+        for t in (1, 3, 4, 9, 16):
+            codes = mp.encode(x, n_steps=t, residual_threshold=0.0, relative_threshold=0.0)
+            p = by_setting(points, "mp_steps")[t - 1]
+            fvu = float((x - mp.decode(codes)).double().pow(2).sum() / centred)
+            assert p["fvu"] == pytest.approx(fvu, rel=1e-5)
+            assert p["l0"] == pytest.approx(float((codes != 0).sum(1).double().mean()))
+            codes, steps = mp.encode_with_steps(x, n_steps=t, relative_threshold=0.05)
+            p = by_setting(points, "mp_threshold")[t - 1]
+            assert p["steps"] == pytest.approx(float(steps.double().mean()), abs=2e-3)
+            fvu = float((x - mp.decode(codes)).double().pow(2).sum() / centred)
+            assert p["fvu"] == pytest.approx(fvu, rel=1e-3)
+        points = adaptive_curve(topk, x)
+        for k in (1, 4, 16):
+            codes = topk.encode(x, k=k)
+            p = by_setting(points, "topk_k")[k - 1]
+            fvu = float((x - topk.decode(codes)).double().pow(2).sum() / centred)
+            assert p["fvu"] == pytest.approx(fvu, rel=1e-5)
+
+
+def test_topk_curve_shape(trained):
+    """TopK improves up to about its training k, then degrades as k grows (the paper's
+    finding), unlike MP; BatchTopK gets both a per-token k and a threshold curve."""
+    saes, x = trained
+    rep = adaptive_report(saes["topk"], x)
+    curve = rep["curves"]["topk_k"]
+    fvu = {p["k"]: p["fvu"] for p in curve["points"]}
+    assert rep["knob"] == "k" and set(fvu) == set(range(1, 17))
+    best = min(fvu, key=fvu.get)
+    assert 3 <= best <= 8
+    assert fvu[1] > 2 * fvu[4] and fvu[16] > 1.3 * fvu[best]
+    assert curve["monotonicity_violations"] >= 5
+    btk = adaptive_report(saes["batchtopk"], x)
+    assert btk["knob"] == "threshold_divisor" and set(btk["curves"]) == {"topk_k", "threshold"}
+    l0 = [p["l0"] for p in btk["points"]]
+    assert l0 == sorted(l0) and l0[0] < 1 < 12 < l0[-1]  # θ/v with v = 1/4 … 16
+    assert btk["l0_at_train"] == pytest.approx(4.0, abs=0.5)
+
+
+def test_report_fields_table_and_plot(trained, tmp_path):
+    saes, x = trained
+    reps = {name: adaptive_report(sae, x[:512]) for name, sae in saes.items()}
+    for rep in reps.values():
+        for key in ("knob", "train_value", "points", "fvu_at_train", "ev_at_train",
+                    "extrapolation_gain", "monotonicity_violations", "normalised_area_fvu",
+                    "n_tokens", "curves"):  # fmt: skip
+            assert key in rep
+        assert rep["ev_at_train"] == pytest.approx(1 - rep["fvu_at_train"])
+        for p in rep["points"]:
+            assert {"setting", "value", "l0", "fvu", "ev", "mse", rep["knob"]} <= set(p)
+        json.dumps(rep, allow_nan=False)
+    table = markdown_table(reps)
+    assert table.count("\n") == 2 + 2 + 1 + 2  # header + MP (2) + TopK (1) + BatchTopK (2)
+    assert "| mpsae | mp_steps | T4 |" in table and "| batchtopk | threshold | θ/1 |" in table
+    png = plot_curves(reps, tmp_path / "a.png")
+    assert png.stat().st_size > 10_000
+
+
+def test_relu_has_no_knob():
+    relu = create("relu", d_in=8, n_latents=16)
+    assert settings_for(relu) == [] and adaptive_curve(relu, torch.randn(4, 8)) == []
+    with pytest.raises(Skip, match="no inference sparsity knob"):
+        adaptive_report(relu, torch.randn(4, 8))
+
+
+def test_cli_writes_json_table_and_png(trained, tmp_path, capsys):
+    from saekit.cli import adaptive as cli
+
+    saes, _ = trained
+    dirs = []
+    for name in ("mpsae", "topk"):
+        meta = {"training": {"data_spec": f"synthetic:{RECIPE}"}}
+        dirs.append(str(native.save(saes[name], tmp_path / name, meta)))
+    parser = Parser(prog="saekit")
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["adaptive", *dirs, "--tokens", "1000", "--out",
+                              str(tmp_path / "out"), "--threads", "1"])  # fmt: skip
+    assert cli.run(args) == 0
+    doc = json.loads((tmp_path / "out" / "adaptive.json").read_text())
+    assert doc["n_tokens"] == 1000 and set(doc["reports"]) == {"mpsae", "topk"}
+    assert doc["reports"]["mpsae"]["curves"]["mp_steps"]["monotonicity_violations"] == 0
+    assert (tmp_path / "out" / "adaptive.png").stat().st_size > 10_000
+    assert "| topk | topk_k | k4 |" in capsys.readouterr().out
