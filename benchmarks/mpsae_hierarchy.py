@@ -102,7 +102,8 @@ def run_one(rho: float, seed: int, steps: int, lr: float, models: list[str]) -> 
 def summarise(rows: list[dict]) -> list[dict]:
     """Median, min and max over seeds per (model, rho)."""
     out = []
-    keys = sorted({(r["model"], r["rho"]) for r in rows}, key=lambda k: (k[1], list(MODELS).index(k[0])))
+    order = list(MODELS)
+    keys = sorted({(r["model"], r["rho"]) for r in rows}, key=lambda k: (k[1], order.index(k[0])))
     for model, rho in keys:
         group = [r for r in rows if r["model"] == model and r["rho"] == rho]
         entry: dict[str, Any] = {"model": model, "rho": rho, "n_seeds": len(group)}
@@ -132,7 +133,7 @@ def markdown(summary: list[dict], args: argparse.Namespace, command: str) -> str
         f"Tree recipe (20 features, d = 20, true L0 {TRUE_L0}), width 20, {args.steps} steps of "
         f"batch 200, Adam lr {args.lr:g}, betas (0.5, 0.9375), clip 1; medians over seeds "
         f"{seeds} ({len(args.seeds)} runs per cell). Models: "
-        + "; ".join(f"{n} = {a} {json.dumps(o)}" for n, (a, o) in MODELS.items() if n in args.models)
+        + "; ".join(f"{n} = {MODELS[n][0]} {json.dumps(MODELS[n][1])}" for n in args.models)
         + ".\n\n" + "\n".join(lines) + f"\n\nCommand: `{command}`\n"
     )
 
@@ -152,8 +153,10 @@ def write_section(path: Path, key: str, text: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--rhos", type=lambda s: [float(v) for v in s.split(",")], default=[0.0, 0.3, 0.6])
-    ap.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
+    floats = lambda s: [float(v) for v in s.split(",")]  # noqa: E731
+    ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
+    ap.add_argument("--rhos", type=floats, default=[0.0, 0.3, 0.6])
+    ap.add_argument("--seeds", type=ints, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--lr", type=float, default=3e-2)
     ap.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS))
@@ -170,9 +173,13 @@ def main() -> None:
             new = run_one(rho, seed, args.steps, args.lr, args.models)
             rows += new
             for r in new:
-                print(f"rho {rho:g} seed {seed} {r['model']:<13} absorption {r['absorption_score']:.3f} "
-                      f"mmcs {r['mmcs_gt_to_learned']:.3f} mcc {r['hungarian_mcc']:.3f} "
-                      f"l0 {r['l0']:.2f} fvu {r['fvu']:.4f} ({r['train_seconds']:.0f} s)", flush=True)  # fmt: skip
+                print(
+                    f"rho {rho:g} seed {seed} {r['model']:<13} "
+                    f"absorption {r['absorption_score']:.3f} mmcs {r['mmcs_gt_to_learned']:.3f} "
+                    f"mcc {r['hungarian_mcc']:.3f} l0 {r['l0']:.2f} fvu {r['fvu']:.4f} "
+                    f"({r['train_seconds']:.0f} s)",
+                    flush=True,
+                )
             # Written after every run so that a long sweep can be read while it goes on.
             summary = summarise(rows)
             args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,17 +1,18 @@
 """MP-SAE speed: saekit's pursuit (Gram selection + replay) against the naive unrolled loop,
 and saekit's whole MP-SAE training step against its TopK training step.
 
-    python benchmarks/mpsae_speed.py                # d_in 576, 4,608 latents, T = k = 32, batch 1,024
-    python benchmarks/mpsae_speed.py --small        # a quick run
-    python benchmarks/mpsae_speed.py --ratio-only   # only the MP / TopK train-step ratio
+    python benchmarks/mpsae_speed.py              # d_in 576, 4,608 latents, T = k = 32, batch 1,024
+    python benchmarks/mpsae_speed.py --small      # a quick run
+    python benchmarks/mpsae_speed.py --ratio-only # only the MP / TopK train-step ratio
 
 Each (variant, phase) runs in its own subprocess with one thread, so the peak resident memory
 (getrusage maxrss, minus the process's footprint after setup) belongs to that variant alone.
 Phases: `encode` (no autograd; ours caches the Gram matrix across calls, as a model does while
 its dictionary is unchanged), `encode_cold` (ours, rebuilding the Gram every call) and `train`
-(training forward + backward of the reconstruction loss; no optimiser step, no dead atoms). Prints; asserts nothing. The
-naive loop is methods.md §3.5's "naive cost": c = r Dᵀ and a dense one-hot update every step,
-autograd through the loop. Issue targets: encode ≥ 5x, train step ≥ 10x the naive loop.
+(training forward + backward of the reconstruction loss; no optimiser step, no dead atoms).
+Prints; asserts nothing. The naive loop is methods.md §3.5's "naive cost": c = r Dᵀ and a
+dense one-hot update every step, autograd through the loop. Issue targets: encode ≥ 5x,
+train step ≥ 10x the naive loop.
 
 The `ratio` child times `Trainer.train_step` (forward, backward, clip, Adam, renormalisation,
 dead-latent counters; as benchmarks/train_step.py) for an MP-SAE (T = 32) and a TopK SAE
@@ -182,7 +183,8 @@ def ratio_child(size_name: str, rounds: int, out: Path) -> None:
     def forward_backward() -> None:
         sae._gram = None
         sae.zero_grad(set_to_none=True)
-        out = sae.training_forward(x, TrainContext(dead_mask=torch.zeros(sae.n_latents, dtype=torch.bool)))
+        ctx = TrainContext(dead_mask=torch.zeros(sae.n_latents, dtype=torch.bool))
+        out = sae.training_forward(x, ctx)
         sum(out.losses.values()).backward()
 
     reps = max(3, rounds // 2)
@@ -283,11 +285,12 @@ def report_ratio(ratio: dict, spec: dict[str, int]) -> str:
     """The MP / TopK train-step ratio and the MP step's breakdown, as text."""
     mp = 1e3 * statistics.median(ratio["times"]["mpsae"])
     tk = 1e3 * statistics.median(ratio["times"]["topk"])
+    T = spec["n_steps"]
     lines = [
         f"saekit Trainer.train_step, d_in {spec['d_in']}, {spec['n_latents']} latents, "
         f"batch {spec['batch']} (median of {len(ratio['times']['topk'])} alternating rounds)",
-        f"  MP-SAE (T = {spec['n_steps']})  {mp:8.0f} ms/step  {spec['batch'] / mp * 1e3:8.0f} tokens/s",
-        f"  TopK   (k = {spec['n_steps']})  {tk:8.0f} ms/step  {spec['batch'] / tk * 1e3:8.0f} tokens/s",
+        f"  MP-SAE (T = {T})  {mp:8.0f} ms/step  {1e3 * spec['batch'] / mp:8.0f} tokens/s",
+        f"  TopK   (k = {T})  {tk:8.0f} ms/step  {1e3 * spec['batch'] / tk:8.0f} tokens/s",
         f"  ratio MP / TopK: {mp / tk:.2f} (issue target <= 1.5)",
         "  where the MP step goes (ms, medians, measured separately):",
     ]  # fmt: skip
@@ -312,9 +315,10 @@ def report_naive(results: dict, spec: dict[str, int]) -> str:
     for name in ("ours encode_cold", "ours encode", "ours train"):
         naive_sec = rows["naive " + name.split()[1].removesuffix("_cold")][0]
         out.append(f"  {name:<20}{naive_sec / rows[name][0]:>8.1f}x")
-    out.append("  peak memory ours/naive: encode "
-          f"{results['ours', 'encode']['peak_mb'] / max(results['naive', 'encode']['peak_mb'], 1):.2f}, "
-          f"train {results['ours', 'train']['peak_mb'] / max(results['naive', 'train']['peak_mb'], 1):.2f}")  # fmt: skip
+    peak = {k: r["peak_mb"] for k, r in results.items()}
+    enc = peak["ours", "encode"] / max(peak["naive", "encode"], 1)
+    out.append(f"  peak memory ours/naive: encode {enc:.2f}, "
+               f"train {peak['ours', 'train'] / max(peak['naive', 'train'], 1):.2f}")  # fmt: skip
     out.append("\nagreement with the naive loop (fp32)")
     for phase in ("encode", "train"):
         out.append(f"  {phase}: {compare(results['ours', phase], results['naive', phase])}")

@@ -6,8 +6,10 @@ Everything is built once per test process (a few seconds) under one temporary di
 
 from __future__ import annotations
 
+import atexit
 import functools
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -37,7 +39,9 @@ def corpus():
 
 @functools.lru_cache(maxsize=1)
 def workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="saekit-eval-tests-"))
+    path = Path(tempfile.mkdtemp(prefix="saekit-eval-tests-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 @functools.lru_cache(maxsize=1)

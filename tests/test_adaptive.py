@@ -127,6 +127,17 @@ def test_report_fields_table_and_plot(trained, tmp_path):
     assert png.stat().st_size > 10_000
 
 
+def test_jumprelu_threshold_sweep():
+    sae = create("jumprelu", d_in=8, n_latents=64, init_threshold=0.3, seed=1)
+    x = torch.randn(256, 8, generator=torch.Generator().manual_seed(2))
+    rep = adaptive_report(sae, x)
+    assert rep["knob"] == "threshold_divisor" and list(rep["curves"]) == ["threshold"]
+    l0 = {p["threshold_divisor"]: p["l0"] for p in rep["points"]}
+    with torch.no_grad():
+        assert l0[1.0] == pytest.approx(float((sae.encode(x) != 0).sum(1).double().mean()))
+    assert l0[0.25] < l0[1.0] < l0[16.0]
+
+
 def test_relu_has_no_knob():
     relu = create("relu", d_in=8, n_latents=16)
     assert settings_for(relu) == [] and adaptive_curve(relu, torch.randn(4, 8)) == []

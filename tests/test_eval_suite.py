@@ -179,6 +179,8 @@ def test_model_groups_on_the_tiny_model():
     it = doc["interp"]
     assert it["n_latents_scored"] == 16 and -1 <= it["mean_simulator_r"] <= 1
     assert len(it["per_latent"]) == 16 and "logit_lens_examples" in it
+    some = next(iter(it["per_latent"].values()))
+    assert "⟦" in some["top_contexts"][0] and some["quantile_contexts"][0]["text"]
     json.dumps(doc, allow_nan=False)
 
 

@@ -11,15 +11,18 @@ from saekit.data.corpora import tokenize_corpus
 from saekit.data.hooks import capture, token_mask
 from saekit.evaluation.interp import (
     LatentRecords,
+    example_window,
     interp_report,
     logit_lens,
     pearson,
     position_correlation,
+    quantile_examples,
     record_activations,
     simulate,
     simulator_index,
     simulator_scores,
     token_stats,
+    top_examples,
 )
 
 
@@ -83,6 +86,21 @@ def test_bigram_table_with_back_off():
     assert simulate(r.dense(0), index, bigrams=True, min_count=3).tolist() == unigram.tolist()
 
 
+def test_examples_windows_and_quantiles():
+    r = records_from_dense(IDS, ACTS)
+    # latent 1 fires (2.0) at flat tokens 3, 6, 7: one example per context, ties in order
+    assert top_examples(r, 1, n=5, before=1, after=1) == [
+        [0, 3, [[3, 2.0]]],
+        [1, 2, [[2, 2.0], [3, 2.0]]],
+    ]
+    assert example_window(r, 1, 7, before=3, after=0) == [1, 3, [[2, 2.0], [3, 2.0]]]
+    qs = quantile_examples(
+        r, 1, n_bins=3, per_bin=1, before=0, after=0, rng=np.random.default_rng(0)
+    )
+    assert len(qs) == 3 and all(q["range"] == [2.0, 2.0] for q in qs)
+    assert top_examples(r, 2, 3, 1, 1) == []  # dead
+
+
 def test_token_stats_position_and_report():
     r = records_from_dense(IDS, ACTS)
     assert token_stats(r, 1) == [(7, 1.0, 3)]
@@ -128,3 +146,31 @@ def test_logit_lens_matches_manual_product():
     assert [t for t, _ in lens[3]["bottom"]] == (-logits).topk(5).indices.tolist()
     assert lens[3]["top"][0][1] == pytest.approx(float(logits.max()), rel=1e-5)
     assert logit_lens(model, torch.randn(2, 7)) is None  # not the residual width
+
+
+@pytest.mark.slow
+def test_real_model_spliced_interp_and_logit_lens():
+    """SmolLM2-135M (offline package), a few short contexts: the model-based groups run on a
+    real LM, and the logit lens uses its final RMSNorm scale and tied unembedding."""
+    import saekit
+    from saekit.evaluation.evaluate import EvalSettings, ModelSource, evaluate_sae
+
+    source = ModelSource("default", "model.layers.3")
+    model, tok = source.load()
+    sae = saekit.create("topk", d_in=576, n_latents=256, k=16)
+    gamma = model.model.norm.weight
+    lens = logit_lens(model, sae.W_dec, [7], top=5)
+    manual = model.get_output_embeddings().weight @ (sae.W_dec[7].detach() * gamma)
+    assert [t for t, _ in lens[7]["top"]] == manual.topk(5).indices.tolist()
+    settings = EvalSettings(
+        groups=("spliced", "interp"),
+        spliced_contexts=2,
+        ctx_len=32,
+        interp_contexts=4,
+        interp_latents=8,
+    )
+    doc = evaluate_sae(sae, None, settings, source=source)
+    sp = doc["spliced"]
+    assert 1.0 < sp["ce_clean"] < 8.0 and sp["ce_zero_ablation"] > sp["ce_clean"]
+    assert sp["n_tokens"] == 2 * 30  # 32 positions − the first − the last, per context
+    assert doc["interp"]["n_latents_scored"] == 8

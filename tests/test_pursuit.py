@@ -6,8 +6,10 @@ import torch
 
 from saekit.sae.pursuit import (
     SIGNS,
+    Workspace,
     _argmax,
     choose_method,
+    gram_matrix,
     naive_pursuit,
     replay,
     scatter_codes,
@@ -180,3 +182,50 @@ def test_threshold_stopping_per_input(method):
     ratio = (rel_norms[rows, rel.n_steps] / rel_norms[:, 0]).pow(2)
     assert (ratio[rel.n_steps < 50] < 0.3).all()
     assert (rel_norms[rows, rel.n_steps - 1] / rel_norms[:, 0]).pow(2).min() >= 0.3
+
+
+def _replay_grads(D0, x, sel, workspace, retain=False):
+    D = D0.clone().requires_grad_(True)
+    r0 = x.clone().requires_grad_(True)
+    alpha, recon = replay(D, r0, sel.indices, sel.updated, workspace)
+    loss = recon.pow(2).sum() + alpha.sum()
+    return loss, D, r0
+
+
+def test_replay_workspace_reuses_buffers_and_guards_them():
+    D0, x = dictionary(64, 12, 15), inputs(16, 12, 16)
+    sel = select_atoms(D0, x, 8, "nonneg")
+    loss, D, r0 = _replay_grads(D0, x, sel, None)
+    loss.backward()
+    ref = (D.grad, r0.grad)
+    ws = Workspace()
+    ptrs = set()
+    for _ in range(2):  # forward, backward, forward, backward: one buffer
+        loss, D, r0 = _replay_grads(D0, x, sel, ws)
+        ptrs.add(ws._tensors["replay"].data_ptr())
+        loss.backward()
+        torch.testing.assert_close((D.grad, r0.grad), ref, atol=1e-12, rtol=0)
+    assert len(ptrs) == 1
+    # Two forwards before any backward: the second allocates its own; both stay exact.
+    first, D1, r1 = _replay_grads(D0, x, sel, ws)
+    second, D2, r2 = _replay_grads(D0, x, sel, ws)
+    second.backward()
+    first.backward(retain_graph=True)
+    for g in ((D1.grad, r1.grad), (D2.grad, r2.grad)):
+        torch.testing.assert_close(g, ref, atol=1e-12, rtol=0)
+    # A retained graph whose buffer a later forward took raises instead of going wrong.
+    _replay_grads(D0, x, sel, ws)[0].backward()
+    with pytest.raises(RuntimeError, match="reused by a later forward"):
+        first.backward()
+
+
+def test_gram_rebuilt_in_place():
+    D = dictionary(300, 16, 17, torch.float32)
+    G = gram_matrix(D)
+    torch.testing.assert_close(G, D @ D.T, atol=1e-5, rtol=0)
+    assert torch.equal(G, G.T)
+    D2 = dictionary(300, 16, 18, torch.float32)
+    G2 = gram_matrix(D2, out=G)
+    assert G2.data_ptr() == G.data_ptr()
+    torch.testing.assert_close(G2, D2 @ D2.T, atol=1e-5, rtol=0)
+    assert gram_matrix(D2, out=torch.empty(3, 3)).shape == (300, 300)  # wrong shape: new one

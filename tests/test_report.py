@@ -34,13 +34,11 @@ def test_load_docs_from_dirs_runs_and_files(tmp_path, docs):
 def test_table_values(docs):
     header, rows = table(docs)
     assert header[:4] == ["SAE", "arch", "latents", "L0"]
-    assert (
-        "CE score" in header and "probe AUC k=1" in header and "MCC" not in header
-    )  # no synthetic
+    assert "CE score" in header and "AUC k=1" in header and "MCC" not in header  # no synthetic
     l0 = header.index("L0")
     assert rows[0][l0] == format(docs["topk-k4"]["core"]["l0"], ".3g") == "4"
     fvu = header.index("FVU")
-    assert rows[1][fvu] == f"{docs['topk-k8']['core']['fvu']:.4f}"
+    assert rows[1][fvu] == f"{docs['topk-k8']['core']['fvu']:.4g}"
 
 
 def test_report_page(tmp_path, docs):

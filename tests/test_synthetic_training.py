@@ -14,7 +14,7 @@ def train(tmp_path, *args):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "saekit.cli.main", "train", "--data", "synthetic:superposition",
            "--out", str(out), "--no-progress", "--eval-tokens", "16384", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=2400,
                        env={**os.environ, "SAEKIT_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     print(r.stdout)

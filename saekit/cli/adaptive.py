@@ -41,6 +41,11 @@ def read_tokens(spec: str, n: int, batch_size: int, seed: int):
     from saekit.data import open_stream
 
     stream = open_stream(spec, batch_size=batch_size, seed=seed, split="eval")
+    available = getattr(stream, "n_tokens", None)  # a cache's split: do not wrap around it
+    if isinstance(available, int) and available < n:
+        print(f"saekit adaptive: {spec} holds {available} held-out tokens; using all of them",
+              file=sys.stderr)  # fmt: skip
+        n = available
     parts, have = [], 0
     for batch in stream:
         parts.append(batch.x.float())
@@ -87,7 +92,8 @@ def run(args) -> int:
     if reports:
         table = markdown_table(reports)
         (args.out / "adaptive.md").write_text(table)
-        plot_curves(reports, args.out / "adaptive.png", args.title or f"{spec}, {x.shape[0]} tokens")
+        title = args.title or f"{spec}, {x.shape[0]} held-out tokens"
+        plot_curves(reports, args.out / "adaptive.png", title)
         print(table)
     print(f"wrote {args.out / 'adaptive.json'}" + (" (+ .md, .png)" if reports else ""))
     return 0
@@ -104,3 +110,12 @@ def _finite(value):
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
+
+
+if __name__ == "__main__":  # `python -m saekit.cli.adaptive …`, same as `saekit adaptive …`
+    from saekit.cli.common import Parser
+
+    sys.argv[1:1] = ["adaptive"]  # recorded in adaptive.json as `saekit adaptive …`
+    _parser = Parser(prog="saekit")
+    add_parser(_parser.add_subparsers(dest="command", parser_class=Parser))
+    raise SystemExit(run(_parser.parse_args(sys.argv[1:])))

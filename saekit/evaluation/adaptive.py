@@ -28,6 +28,7 @@ Functions: `adaptive_curve(sae, x) -> list[point]` (flat), `adaptive_report(sae,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,8 @@ def settings_for(
         k = int(sae.cfg.k)
         ks = [v for v in budgets(k, max_factor) if v <= sae.n_latents]
         out.append(Setting("topk_k", "k", k, ks))
-    if (isinstance(sae, BatchTopKSAE) and float(sae.threshold) >= 0) or isinstance(sae, JumpReLUSAE):
+    calibrated = isinstance(sae, BatchTopKSAE) and float(sae.threshold) >= 0
+    if calibrated or isinstance(sae, JumpReLUSAE):
         out.append(Setting("threshold", "threshold_divisor", 1.0, list(THRESHOLD_DIVISORS)))
     return out
 
@@ -119,7 +121,8 @@ def _first_below(E: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
     """[B] index of the first column of E [B, S+1] below thr [B] (S + 1 when none): the
     number of steps a pursuit with that stop takes before stopping."""
     below = E < thr[:, None]
-    return torch.where(below.any(1), below.float().argmax(1), torch.full_like(thr, E.shape[1]).long())
+    never = torch.full_like(thr, E.shape[1], dtype=torch.long)
+    return torch.where(below.any(1), below.float().argmax(1), never)
 
 
 class _Accumulator:
@@ -202,6 +205,7 @@ def adaptive_curve(
     x = x.detach().to(sae.W_dec.device, sae.W_dec.dtype)
     if settings is None:
         settings = settings_for(sae, max_factor, relative_threshold)
+    settings = [dataclasses.replace(s) for s in settings]  # the auto τ_rel is set on copies
     acc = _Accumulator()
     mp = [s for s in settings if s.name.startswith("mp_")]
     paths = []
@@ -297,7 +301,8 @@ def markdown_table(reports: dict[str, dict[str, Any]]) -> str:
             knob = {"n_steps": "T", "k": "k", "threshold_divisor": "θ/"}[s["knob"]]
             tau = f" τ_rel={s['relative_threshold']:.3g}" if s.get("relative_threshold") else ""
             rows.append(
-                f"| {name} | {s['setting']}{tau} | {knob}{s['train_value']:g} | {s['l0_at_train']:.1f} "
+                f"| {name} | {s['setting']}{tau} | {knob}{s['train_value']:g} "
+                f"| {s['l0_at_train']:.1f} "
                 f"| {s['fvu_at_train']:.4f} | {s['ev_at_train']:.4f} | {s['fvu_at_2x']:.4f} "
                 f"| {s['fvu_at_4x']:.4f} ({s['l0_at_4x']:.1f}) | {s['extrapolation_gain']:+.4f} "
                 f"| {s['monotonicity_violations']} |"
@@ -326,8 +331,9 @@ def plot_curves(reports: dict[str, dict[str, Any]], path: str | Path, title: str
             c = colours[i % 10]
             ax_b.plot(rel, fvu, style, color=c, label=label)
             ax_l.plot(l0, fvu, style, color=c, label=label)
-            ax_l.plot([s["l0_at_train"]], [s["fvu_at_train"]], "*", color=c, ms=12, mec="k", mew=0.5)
-            ax_b.plot([1.0], [s["fvu_at_train"]], "*", color=c, ms=12, mec="k", mew=0.5)
+            star = dict(color=c, ms=12, mec="k", mew=0.5)
+            ax_l.plot([s["l0_at_train"]], [s["fvu_at_train"]], "*", **star)
+            ax_b.plot([1.0], [s["fvu_at_train"]], "*", **star)
             i += 1
     for ax in (ax_b, ax_l):
         ax.set_xscale("log", base=2)

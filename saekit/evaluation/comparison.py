@@ -28,22 +28,21 @@ TABLE = [
     ("arch", "sae", "architecture", "s"),
     ("latents", "sae", "n_latents", "d"),
     ("L0", "core", "l0", ".3g"),
-    ("FVU", "core", "fvu", ".4f"),
+    ("FVU", "core", "fvu", ".4g"),
     ("cos", "core", "cosine", ".4f"),
     ("L2 ratio", "core", "l2_ratio", ".3f"),
     ("dead", "core", "frac_dead", ".1%"),
-    (">1% dense", "core", "frac_dense_1pct", ".1%"),
-    ("dec max cos", "core", "dec_max_cos", ".3f"),
+    (">1% freq", "core", "frac_dense_1pct", ".1%"),
     ("CE score", "spliced", "ce_loss_score", ".4f"),
-    ("CE score (mean abl.)", "spliced", "ce_loss_score_mean_ablation", ".4f"),
+    ("CE (mean abl.)", "spliced", "ce_loss_score_mean_ablation", ".4f"),
     ("ΔCE", "spliced", "delta_ce", ".4f"),
     ("KL score", "spliced", "kl_div_score", ".4f"),
     ("MCC", "synthetic", "hungarian_mcc", ".3f"),
     ("MMCS", "synthetic", "mmcs_gt_to_learned", ".3f"),
-    ("probe AUC k=1", "probing", ("mean", "sae_top_1_test_auc"), ".3f"),
-    ("probe AUC k=16", "probing", ("mean", "sae_top_16_test_auc"), ".3f"),
+    ("AUC k=1", "probing", ("mean", "sae_top_1_test_auc"), ".3f"),
+    ("AUC k=16", "probing", ("mean", "sae_top_16_test_auc"), ".3f"),
     ("lookup r", "interp", "mean_simulator_r", ".3f"),
-    ("FVU @2×train", "adaptive", None, ".4f"),
+    ("FVU @2×", "adaptive", None, ".4g"),
 ]
 COLOURS = [
     "#1f77b4",
@@ -142,16 +141,24 @@ def _colour(i: int) -> str:
     return COLOURS[i % len(COLOURS)]
 
 
+def _arch(doc: Doc) -> str:
+    return (doc.get("sae") or {}).get("architecture") or "?"
+
+
 def _by_architecture(docs: dict[str, Doc]) -> dict[str, list[tuple[str, Doc]]]:
     groups: dict[str, list[tuple[str, Doc]]] = {}
     for name, d in docs.items():
-        groups.setdefault((d.get("sae") or {}).get("architecture") or "?", []).append((name, d))
+        groups.setdefault(_arch(d), []).append((name, d))
     return groups
 
 
 def _pareto(ax: Axes, docs: dict[str, Doc], group: str, key: str, ylabel: str) -> bool:
     drawn = False
-    for i, (arch, items) in enumerate(sorted(_by_architecture(docs).items())):
+    # An architecture's line takes the colour of its first SAE, as in the per-SAE figures.
+    first = {}
+    for n, name in enumerate(docs):
+        first.setdefault(_arch(docs[name]), n)
+    for arch, items in _by_architecture(docs).items():
         pts = sorted(
             (d["core"]["l0"], _value(d, group, key), name)
             for name, d in items
@@ -160,12 +167,13 @@ def _pareto(ax: Axes, docs: dict[str, Doc], group: str, key: str, ylabel: str) -
         if not pts:
             continue
         xs, ys, names = zip(*pts)
-        ax.plot(xs, ys, "o-", color=_colour(i), label=arch, ms=6, lw=1.5)
+        ax.plot(xs, ys, "o-", color=_colour(first[arch]), label=arch, ms=6, lw=1.5)
         for x, y, n in pts:
             ax.annotate(
                 n, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color="#444"
             )
         drawn = True
+    ax.margins(x=0.15, y=0.12)
     ax.set_xlabel("L0 (active latents per token)")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -228,33 +236,27 @@ def _mean_curve(datasets: dict[str, Any], source: str) -> tuple[list[int], list[
 
 
 def _draw_probing(ax: Axes, docs: dict[str, Doc]) -> bool:
-    drawn = False
-    baseline_done = False
+    first: dict[str, Any] | None = None  # baselines: the same for every SAE on one hookpoint
     for i, (name, d) in enumerate(docs.items()):
         datasets = (d.get("probing") or {}).get("datasets")
         if not datasets:
             continue
         ks, aucs = _mean_curve(datasets, "sae")
         ax.plot(ks, aucs, "o-", color=_colour(i), label=name, ms=4)
-        drawn = True
-        if not baseline_done:
-            ks, aucs = _mean_curve(datasets, "raw")
-            ax.plot(ks, aucs, "s--", color="#333", label="raw activations (k dims)", ms=3)
-            dense = [
-                v["raw_dense_l2"]["test_auc"] for v in datasets.values() if v.get("raw_dense_l2")
-            ]
-            if dense:
-                ax.axhline(
-                    sum(dense) / len(dense), color="#888", ls=":", label="raw, dense L2 probe"
-                )
-            baseline_done = True
+        first = first or datasets
+    if first is None:
+        return False
+    ks, aucs = _mean_curve(first, "raw")
+    ax.plot(ks, aucs, "s--", color="#333", label="raw activations (top-k dims)", ms=3)
+    dense = [v["raw_dense_l2"]["test_auc"] for v in first.values() if v.get("raw_dense_l2")]
+    if dense:
+        ax.axhline(sum(dense) / len(dense), color="#888", ls=":", label="raw, dense L2 probe")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k (latents in the probe)")
     ax.set_ylabel("test AUC, mean over datasets")
     ax.grid(alpha=0.3)
-    if drawn:
-        ax.legend(fontsize=7)
-    return drawn
+    ax.legend(fontsize=7)
+    return True
 
 
 def _draw_adaptive(ax: Axes, docs: dict[str, Doc]) -> bool:
@@ -268,7 +270,7 @@ def _draw_adaptive(ax: Axes, docs: dict[str, Doc]) -> bool:
         ax.plot(
             [p["l0"] for p in pts],
             [p["fvu"] for p in pts],
-            "o-",
+            "o-" if len(pts) <= 16 else "-",  # dense sweeps (every k) read better as a line
             color=_colour(i),
             ms=4,
             label=f"{name} ({knob})",
@@ -342,12 +344,12 @@ def render_figure(spec: FigureSpec, docs: dict[str, Doc], path: Path) -> Path | 
 
 CSS = """
 body{font:14px/1.5 system-ui,-apple-system,'Segoe UI',sans-serif;color:#1d2330;background:#f7f8fb;margin:0}
-main{max-width:1200px;margin:0 auto;padding:24px 28px 60px}
+main{max-width:1320px;margin:0 auto;padding:24px 28px 60px}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 10px}
 .muted{color:#6b7385}
 .tablewrap{overflow-x:auto;background:#fff;border:1px solid #e3e6ee;border-radius:8px}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
-th,td{padding:6px 10px;border-bottom:1px solid #eceff5;text-align:right;white-space:nowrap}
+th,td{padding:5px 8px;border-bottom:1px solid #eceff5;text-align:right;white-space:nowrap;font-size:13px}
 th{background:#f1f3f8;font-size:12px;color:#374151;position:sticky;top:0}
 td:first-child,th:first-child{text-align:left;font-weight:600}
 tr:hover td{background:#fafbff}
@@ -424,9 +426,10 @@ def _page(
 {" · evaluated " + e(created[-1]) if created else ""}</p>
 <h2>Summary</h2>
 <div class="tablewrap"><table id="summary"><thead><tr>{thead}</tr></thead><tbody>{tbody}</tbody></table></div>
-<p class="muted">FVU = 1 − EV (centred); CE/KL scores use zero ablation unless marked; probing AUCs are means over
-the sae-probes datasets evaluated; "lookup r" is the token/bigram-lookup simulator's Pearson r (LLM-free proxy).
-Definitions: docs/eval-schema.md.</p>
+<p class="muted">FVU = 1 − EV (centred); CE/KL scores use zero ablation unless marked; "AUC k": k-sparse
+probe test AUC, mean over the sae-probes datasets evaluated;
+"lookup r": the token/bigram-lookup simulator's Pearson r (LLM-free proxy); "FVU @2×": at twice the training
+k / steps / threshold budget. Definitions: docs/eval-schema.md.</p>
 <h2>Figures</h2>
 <div class="figs">{figs or '<p class="muted">No metric to plot.</p>'}</div>
 {skip_html}

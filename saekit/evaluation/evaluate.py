@@ -120,7 +120,6 @@ class _Run:
     shared: dict[str, Any]
     x_sample: torch.Tensor | None = None  # [sample_tokens, d_in] held-out activations
     sample_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. g-SAE "grad"
-    result: dict[str, Any] = field(default_factory=dict)
 
     def require_model(self) -> tuple[Any, Any, ModelSource]:
         if self.source is None:

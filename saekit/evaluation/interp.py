@@ -128,6 +128,93 @@ def record_activations(
     )
 
 
+# ---- examples -----------------------------------------------------------------------------
+
+Example = (
+    list  # [context, position, [[position, value], ...]]: the latent's non-zeros in the window
+)
+
+
+def example_window(
+    records: LatentRecords, latent: int, flat: int, before: int, after: int
+) -> Example:
+    """The example centred on flat token index `flat`: [context, position, [[p, v], ...]]
+    with the latent's non-zero values at positions p of the window [pos − before, pos + after]."""
+    tok, val = records.entries(latent)
+    ctx, pos = divmod(int(flat), records.ctx_len)
+    lo = ctx * records.ctx_len + max(0, pos - before)
+    hi = ctx * records.ctx_len + min(records.ctx_len - 1, pos + after)
+    a, b = np.searchsorted(tok, lo), np.searchsorted(tok, hi, side="right")
+    window = [
+        [int(t) - ctx * records.ctx_len, round(float(v), 4)] for t, v in zip(tok[a:b], val[a:b])
+    ]
+    return [ctx, pos, window]
+
+
+def top_examples(
+    records: LatentRecords, latent: int, n: int, before: int, after: int
+) -> list[Example]:
+    """The `n` largest |activations|, at most one per context (so the list is not one
+    passage repeated), largest first."""
+    tok, val = records.entries(latent)
+    seen: set[int] = set()
+    out = []
+    for j in np.argsort(-np.abs(val), kind="stable"):
+        ctx = int(tok[j]) // records.ctx_len
+        if ctx in seen:
+            continue
+        seen.add(ctx)
+        out.append(example_window(records, latent, int(tok[j]), before, after))
+        if len(out) == n:
+            break
+    return out
+
+
+def quantile_examples(
+    records: LatentRecords,
+    latent: int,
+    n_bins: int,
+    per_bin: int,
+    before: int,
+    after: int,
+    rng: np.random.Generator,
+) -> list[dict[str, Any]]:
+    """Equal-count bins over the latent's non-zero values, `per_bin` random examples each
+    (typical activations, not only the extremes), highest bin first:
+    [{"bin", "range": [lo, hi], "examples": [...]}]."""
+    tok, val = records.entries(latent)
+    order = np.argsort(val, kind="stable")
+    n_bins = min(n_bins, max(1, len(order) // max(per_bin, 1)))
+    out = []
+    for b, members in enumerate(np.array_split(order, n_bins)):
+        if members.size == 0:
+            continue
+        picked = rng.choice(members, size=min(per_bin, members.size), replace=False)
+        chosen = sorted(picked, key=lambda j: -val[j])
+        out.append(
+            {
+                "bin": b,
+                "range": [float(val[members].min()), float(val[members].max())],
+                "examples": [
+                    example_window(records, latent, int(tok[j]), before, after) for j in chosen
+                ],
+            }
+        )
+    return out[::-1]
+
+
+def example_text(
+    records: LatentRecords, example: Example, tokenizer: Any, before: int, after: int
+) -> str:
+    """The example's window as text, the centre token in ⟦ ⟧."""
+    ctx, pos, _ = example
+    ids = records.input_ids[ctx]
+    lo, hi = max(0, pos - before), min(len(ids) - 1, pos + after)
+    left = tokenizer.decode(ids[lo:pos].tolist())
+    right = tokenizer.decode(ids[pos + 1 : hi + 1].tolist())
+    return f"{left}⟦{tokenizer.decode([int(ids[pos])])}⟧{right}"
+
+
 # ---- token-lookup simulator --------------------------------------------------------------
 
 
@@ -315,11 +402,12 @@ def interp_report(
     W_dec: torch.Tensor | None = None,
     tokenizer: Any = None,
 ) -> dict[str, Any]:
-    """Means over `latents` of every proxy (NaN-skipping), plus the per-latent values; with
-    the model and W_dec, the logit-lens top tokens of the first 16 latents as examples."""
+    """Means over `latents` of every proxy (NaN-skipping), plus the per-latent values; with a
+    tokenizer, each latent's top-3 contexts and one context per activation quartile (centre
+    token in ⟦ ⟧); with the model and W_dec, the logit-lens top tokens of the first 16."""
     sims = simulator_scores(records, latents, bigrams=True)
     uni = simulator_scores(records, latents, bigrams=False, with_auc=False)
-    per_latent: dict[str, dict[str, float]] = {}
+    per_latent: dict[str, dict[str, Any]] = {}
     for i in latents:
         stats = token_stats(records, int(i), top=1)
         per_latent[str(int(i))] = {
@@ -329,6 +417,19 @@ def interp_report(
             "single_token_share": stats[0][1] if stats else float("nan"),
             "position_r": position_correlation(records, int(i)),
         }
+    if tokenizer is not None:
+        rng = np.random.default_rng(0)
+        for i in latents:
+            entry: dict[str, Any] = per_latent[str(int(i))]
+            top = top_examples(records, int(i), 3, 8, 3)
+            entry["top_contexts"] = [example_text(records, e, tokenizer, 8, 3) for e in top]
+            entry["quantile_contexts"] = [
+                {
+                    "range": q["range"],
+                    "text": example_text(records, q["examples"][0], tokenizer, 8, 3),
+                }
+                for q in quantile_examples(records, int(i), 4, 1, 8, 3, rng)
+            ]
     keys = [
         "simulator_r",
         "simulator_auc",
@@ -366,14 +467,18 @@ def _nanmean(values: Sequence[float]) -> float:
 
 __all__ = [
     "LatentRecords",
+    "example_text",
+    "example_window",
     "interp_report",
     "logit_lens",
     "pearson",
     "position_correlation",
+    "quantile_examples",
     "record_activations",
     "sample_latents",
     "simulate",
     "simulator_index",
     "simulator_scores",
     "token_stats",
+    "top_examples",
 ]

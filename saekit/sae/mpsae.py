@@ -17,6 +17,7 @@ from saekit.sae.base import SAE, SAEConfig, TrainContext, TrainOutput, reconstru
 from saekit.sae.pursuit import (
     SIGNS,
     Selection,
+    Workspace,
     choose_method,
     correlation_dtype,
     gram_matrix,
@@ -77,6 +78,12 @@ class MPSAE(SAE):
         if not cfg.use_b_pre:
             self.b_dec.requires_grad_(False)  # stays 0; still saved, so files keep one layout
         self._gram: tuple[tuple, torch.Tensor] | None = None
+        self._workspace = Workspace()  # the replay's buffers, kept between training steps
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the Gram and the scratch buffers behind."""
+        state = super().__getstate__()
+        return {**state, "_gram": None, "_workspace": Workspace()}
 
     @property
     def k_aux(self) -> int:
@@ -96,12 +103,16 @@ class MPSAE(SAE):
         return self._gram[1] if key is not None and self._gram and self._gram[0] == key else None
 
     def gram(self) -> torch.Tensor:
-        """G = W_dec W_decᵀ [n_latents, n_latents], cached until W_dec changes (cache_gram)."""
+        """G = W_dec W_decᵀ [n_latents, n_latents], cached until W_dec changes (cache_gram).
+        The matrix belongs to the module: when W_dec changes it is rebuilt in place (training
+        rebuilds it every step, and a fresh one would be faulted in anew), so clone it to keep
+        it."""
         key = self._dictionary_key() if self.cfg.cache_gram else None
         G = self._cached_gram(key)
         if G is None:
-            self._gram = None  # free the stale matrix before building the new one
-            G = gram_matrix(self.W_dec)
+            stale = self._gram[1] if self._gram else None
+            self._gram = None
+            G = gram_matrix(self.W_dec, out=stale)
             if key is not None:
                 self._gram = (key, G)
         return G
@@ -170,7 +181,7 @@ class MPSAE(SAE):
         T gathered atoms (no dense codes in the graph)."""
         r0 = x - self.b_dec
         sel = self.select(x)
-        alpha, recon = replay(self.W_dec, r0, sel.indices, sel.updated)
+        alpha, recon = replay(self.W_dec, r0, sel.indices, sel.updated, self._workspace)
         x_hat = (recon + self.b_dec).to(x.dtype)
         codes = scatter_codes(alpha.detach(), sel.indices, self.n_latents).to(x.dtype)
         losses = {"mse": reconstruction_loss(x, x_hat)}

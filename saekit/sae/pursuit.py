@@ -16,6 +16,7 @@ benchmarks.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -75,18 +76,71 @@ def correlation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @torch.no_grad()
-def gram_matrix(D: torch.Tensor, block: int = 256) -> torch.Tensor:
+def gram_matrix(
+    D: torch.Tensor, block: int = 256, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """G = D Dᵀ [n_latents, n_latents] in the correlation dtype. Computes the lower block
     triangle and mirrors it: half the FLOPs of D @ D.T (~30% faster on CPU), exactly
-    symmetric."""
+    symmetric. out: a matrix of that shape and dtype to overwrite (training rebuilds G every
+    step; reusing its memory saves faulting in a fresh one, see `Workspace`)."""
     Dc = D.detach().to(correlation_dtype(D.dtype))
     p = Dc.shape[0]
-    G = torch.empty(p, p, dtype=Dc.dtype, device=Dc.device)
+    shape, dtype, device = (p, p), Dc.dtype, Dc.device
+    ok = out is not None and (out.shape, out.dtype, out.device) == (shape, dtype, device)
+    G = out if ok and out.is_contiguous() else torch.empty(shape, dtype=dtype, device=device)
     for i in range(0, p, block):
         cols = Dc[i:] @ Dc[i : i + block].T  # G[i:, i:i+block]
         G[i:, i : i + block] = cols
         G[i : i + block, i + block :] = cols[block:].T
     return G
+
+
+class Workspace:
+    """Scratch tensors kept between training steps by one MP-SAE.
+
+    A fresh CPU tensor above glibc's mmap threshold (32 MiB at most) is mapped anew and
+    page-faulted in on every allocation. At d_in 576, 4,608 latents and batch 1,024 the Gram
+    matrix and the replay's two buffers are ~250 MiB per step, and faulting them in took ~20%
+    of a training step on our busy 2-core machine; reusing them removes that.
+
+    `lend(name, …, owner)` gives a buffer to one autograd node until `release`, or until
+    the node is freed (held by weak reference); a second lender meanwhile gets None and
+    allocates. `holds(name, generation)` tells the node whether its buffer is intact.
+    """
+
+    def __init__(self) -> None:
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._owner: dict[str, Any] = {}  # name -> weakref to the node holding the buffer
+        self._generation: dict[str, int] = {}
+
+    def tensor(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+               device: torch.device) -> torch.Tensor:  # fmt: skip
+        """A buffer of this shape (contents undefined), reused when it already fits."""
+        t = self._tensors.get(name)
+        if t is None or (tuple(t.shape), t.dtype, t.device) != (tuple(shape), dtype, device):
+            self._tensors.pop(name, None)  # free the old one before allocating
+            t = self._tensors[name] = torch.empty(shape, dtype=dtype, device=device)
+        return t
+
+    def lend(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+             device: torch.device, owner: Any) -> tuple[torch.Tensor, int] | None:  # fmt: skip
+        ref = self._owner.get(name)
+        if ref is not None and ref() is not None:
+            return None  # still held by a live graph that has not run backward
+        self._owner[name] = weakref.ref(owner)
+        self._generation[name] = self._generation.get(name, 0) + 1
+        return self.tensor(name, shape, dtype, device), self._generation[name]
+
+    def holds(self, name: str, generation: int) -> bool:
+        return self._generation.get(name) == generation
+
+    def release(self, name: str, generation: int) -> None:
+        if self.holds(name, generation):
+            self._owner.pop(name, None)
+
+    def clear(self) -> None:
+        self._tensors.clear()
+        self._owner.clear()
 
 
 def choose_method(
@@ -199,10 +253,12 @@ def _pursue(
     refresh_every: int | None,
     abs_sq: float | None,
     rel: float | None,
+    track_residual: bool = True,
 ) -> None:
     """The pursuit loop on one chunk of samples. r [chunk, d_in] and its correlations
     c [chunk, n_latents] are updated in place; the (indices, coefs, updated) rows in `out`
-    are filled."""
+    are filled. track_residual=False skips updating r (the Gram paths without a threshold or
+    a refresh never read it)."""
     indices, coefs, updated = out
     n_steps = indices.shape[1]
     e0 = r.pow(2).sum(1)
@@ -217,7 +273,8 @@ def _pursue(
         if t == n_steps - 1 or bool(finished.all()):
             break
         # The residual is tracked explicitly (O(B·d) per step) for thresholds and refreshes.
-        r.addcmul_(Dc.index_select(0, j), alpha[:, None], value=-1)
+        if track_residual:
+            r.addcmul_(Dc.index_select(0, j), alpha[:, None], value=-1)
         if refresh_every and (t + 1) % refresh_every == 0:
             c.copy_(r @ Dc.T)  # exact recompute bounds the incremental drift (§3.5)
         else:
@@ -274,13 +331,17 @@ def select_atoms(
     if method == "gram" and r.device.type == "cpu":
         chunk = max(8, _CHUNK_BYTES // (dtype.itemsize * p))
     abs_sq = None if residual_threshold is None else residual_threshold**2
+    refresh = bool(refresh_every) and refresh_every <= n_steps - 1  # type: ignore[operator]
+    stops = abs_sq is not None or relative_threshold is not None
+    track = method == "direct" or refresh or stops
     c = r @ Dc.T  # c⁰: the one full matmul of the Gram path
     for start in range(0, batch, chunk):
         rows = slice(start, start + chunk)
         parts = (out[0][rows], out[1][rows], out[2][rows])
         _pursue(
-            Dc, r[rows], c[rows], parts, sign, update, refresh_every, abs_sq, relative_threshold
-        )
+            Dc, r[rows], c[rows], parts, sign, update, refresh_every, abs_sq, relative_threshold,
+            track,
+        )  # fmt: skip
     return Selection(*out)
 
 
@@ -293,14 +354,26 @@ class _Replay(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, D: torch.Tensor, r0: torch.Tensor, indices: torch.Tensor,
-                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def forward(
+        ctx: Any,
+        D: torch.Tensor,
+        r0: torch.Tensor,
+        indices: torch.Tensor,
+        mask: torch.Tensor,
+        workspace: Workspace | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, T = indices.shape
         dtype = correlation_dtype(D.dtype)
         Dc = D.to(dtype)
         # Two placeholder rows per sample, overwritten with r⁰ now and ∂L/∂x̂ in backward.
         rows = torch.cat([indices, indices[:, :2]], 1).reshape(-1)
-        E = Dc.index_select(0, rows).view(batch, T + 2, D.shape[1])
+        shape = (rows.shape[0], D.shape[1])
+        lease = workspace.lend("replay", shape, dtype, D.device, ctx) if workspace else None
+        ctx.lease = (workspace, lease[1]) if lease else None
+        if lease:
+            E = torch.index_select(Dc, 0, rows, out=lease[0]).view(batch, T + 2, D.shape[1])
+        else:
+            E = Dc.index_select(0, rows).view(batch, T + 2, D.shape[1])
         E[:, T] = r0.to(dtype)
         A = E[:, :T]
         # [S | π]: S_ts = ⟨d_{j_t}, d_{j_s}⟩, π_t = ⟨d_{j_t}, r⁰⟩. Non-updated steps get a zero
@@ -313,13 +386,23 @@ class _Replay(torch.autograd.Function):
             lower, pi.unsqueeze(-1), upper=False, unitriangular=True
         ).squeeze(-1)
         recon = torch.bmm(alpha.unsqueeze(1), A).squeeze(1)
-        ctx.save_for_backward(E, lower, alpha, mask, indices)
+        ctx.save_for_backward(lower, alpha, mask, indices)
+        # E is kept outside save_for_backward: backward writes ∂L/∂x̂ into it, which would trip
+        # the saved-tensor version check on a second backward through a retained graph.
+        ctx.E = E
         ctx.shapes = (D.shape, D.dtype, r0.dtype)
         return alpha, recon
 
     @staticmethod
     def backward(ctx: Any, g_alpha: torch.Tensor, g_recon: torch.Tensor) -> tuple[Any, ...]:
-        E, lower, alpha, mask, indices = ctx.saved_tensors
+        workspace, generation = ctx.lease or (None, 0)
+        if workspace is not None and not workspace.holds("replay", generation):
+            raise RuntimeError(
+                "MP-SAE replay: this graph's workspace buffer was reused by a later forward; "
+                "run backward before the next training forward"
+            )
+        lower, alpha, mask, indices = ctx.saved_tensors
+        E = ctx.E
         d_shape, d_dtype, r_dtype = ctx.shapes
         batch, T = indices.shape
         A = E[:, :T]
@@ -339,7 +422,11 @@ class _Replay(torch.autograd.Function):
         M[:, :T, T] = g_pi
         M[:, :T, T + 1] = alpha
         M[:, T, :T] = g_pi
-        grads = torch.bmm(M, E)  # [batch, T + 1, d_in]
+        if workspace is not None:
+            out = workspace.tensor("replay_grads", (batch, T + 1, E.shape[-1]), E.dtype, E.device)
+            grads = torch.bmm(M, E, out=out)  # [batch, T + 1, d_in]
+        else:
+            grads = torch.bmm(M, E)
         g_D = g_r0 = None
         if ctx.needs_input_grad[0]:
             # Row T of each sample goes to a spare row p, dropped after the scatter.
@@ -348,12 +435,18 @@ class _Replay(torch.autograd.Function):
             g_D = E.new_zeros(d_shape[0] + 1, d_shape[1])
             g_D = g_D.index_add_(0, rows, grads.view(-1, d_shape[1]))[:-1].to(d_dtype)
         if ctx.needs_input_grad[1]:
-            g_r0 = grads[:, T].to(r_dtype)
-        return g_D, g_r0, None, None
+            g_r0 = grads[:, T].to(r_dtype, copy=True)  # grads may be a workspace buffer
+        if workspace is not None:
+            workspace.release("replay", generation)
+        return g_D, g_r0, None, None, None
 
 
 def replay(
-    D: torch.Tensor, r0: torch.Tensor, indices: torch.Tensor, updated: torch.Tensor
+    D: torch.Tensor,
+    r0: torch.Tensor,
+    indices: torch.Tensor,
+    updated: torch.Tensor,
+    workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Differentiable coefficients along a fixed index sequence (§3.5, "replay").
 
@@ -364,10 +457,12 @@ def replay(
     no gradient.
 
     Returns (α [batch, T], Σ_t α_t d_{j_t} [batch, d_in]), in the correlation dtype.
-    Autograd memory: A and S, not T residuals or one-hots.
+    Autograd memory: A and S, not T residuals or one-hots. workspace: keep the large
+    buffers between calls (see `Workspace`); backward must then run before the next call
+    that reuses them, else it raises.
     """
     mask = updated.to(correlation_dtype(D.dtype))
-    return _Replay.apply(D, r0, indices, mask)
+    return _Replay.apply(D, r0, indices, mask, workspace)
 
 
 def naive_pursuit(

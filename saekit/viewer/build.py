@@ -32,10 +32,12 @@ from saekit.evaluation.interp import (
     LatentRecords,
     logit_lens,
     pearson,
+    quantile_examples,
     record_activations,
     simulate,
     simulator_index,
     token_stats,
+    top_examples,
 )
 from saekit.formats.atomic import atomic_directory
 
@@ -161,10 +163,10 @@ def latent_detail(
     if n == 0:
         detail.update(top=[], quantiles=[], hist=None, top_tokens=[])
         return detail
-    detail["top"] = [
-        _example(records, tok, val, j, s) for j in _top_entries(records, tok, val, s.n_top)
-    ]
-    detail["quantiles"] = _quantile_samples(records, tok, val, s, rng)
+    detail["top"] = top_examples(records, i, s.n_top, s.before, s.after)
+    detail["quantiles"] = quantile_examples(
+        records, i, s.n_quantile_bins, s.per_bin, s.before, s.after, rng
+    )
     lo, hi = min(0.0, float(val.min())), float(val.max())
     counts, edges = np.histogram(val, bins=s.hist_bins, range=(lo, hi if hi > lo else lo + 1))
     detail["hist"] = {"edges": [round(float(e), 5) for e in edges], "counts": counts.tolist()}
@@ -172,66 +174,6 @@ def latent_detail(
         [t, round(share, 4), c] for t, share, c in token_stats(records, i, top=10)
     ]
     return detail
-
-
-def _top_entries(records: LatentRecords, tok: np.ndarray, val: np.ndarray, n_top: int) -> list[int]:
-    """Indices of the largest |values|, at most one per context (so the list is not one
-    passage repeated)."""
-    seen: set[int] = set()
-    picked = []
-    for j in np.argsort(-np.abs(val), kind="stable"):
-        ctx = int(tok[j]) // records.ctx_len
-        if ctx in seen:
-            continue
-        seen.add(ctx)
-        picked.append(int(j))
-        if len(picked) == n_top:
-            break
-    return picked
-
-
-def _quantile_samples(
-    records: LatentRecords,
-    tok: np.ndarray,
-    val: np.ndarray,
-    s: BuildSettings,
-    rng: np.random.Generator,
-) -> list[dict[str, Any]]:
-    """Equal-count bins over the latent's non-zero values, `per_bin` random examples each,
-    highest bin first."""
-    order = np.argsort(val, kind="stable")
-    n_bins = min(s.n_quantile_bins, max(1, len(order) // max(s.per_bin, 1)))
-    out = []
-    for b, members in enumerate(np.array_split(order, n_bins)):
-        if members.size == 0:
-            continue
-        chosen = rng.choice(members, size=min(s.per_bin, members.size), replace=False)
-        out.append(
-            {
-                "bin": b,
-                "range": [float(val[members].min()), float(val[members].max())],
-                "examples": [
-                    _example(records, tok, val, int(j), s)
-                    for j in sorted(chosen, key=lambda j: -val[j])
-                ],
-            }
-        )
-    return out[::-1]
-
-
-def _example(
-    records: LatentRecords, tok: np.ndarray, val: np.ndarray, j: int, s: BuildSettings
-) -> list[Any]:
-    """[context, position, [[position, value] for the latent's non-zeros in the window]]."""
-    flat = int(tok[j])
-    ctx, pos = divmod(flat, records.ctx_len)
-    lo = ctx * records.ctx_len + max(0, pos - s.before)
-    hi = ctx * records.ctx_len + min(records.ctx_len - 1, pos + s.after)
-    a, b = np.searchsorted(tok, lo), np.searchsorted(tok, hi, side="right")
-    window = [
-        [int(t) - ctx * records.ctx_len, round(float(v), 4)] for t, v in zip(tok[a:b], val[a:b])
-    ]
-    return [ctx, pos, window]
 
 
 # ---- across latents -------------------------------------------------------------------------

@@ -192,6 +192,14 @@ class BrowserServer(ThreadingHTTPServer):
         super().__init__(address, Handler)
         self.data, self.live, self.verbose = data, live, verbose
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-response is not an error worth a traceback."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
