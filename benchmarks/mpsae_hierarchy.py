@@ -134,7 +134,9 @@ def markdown(summary: list[dict], args: argparse.Namespace, command: str) -> str
         f"batch 200, Adam lr {args.lr:g}, betas (0.5, 0.9375), clip 1; medians over seeds "
         f"{seeds} ({len(args.seeds)} runs per cell). Models: "
         + "; ".join(f"{n} = {MODELS[n][0]} {json.dumps(MODELS[n][1])}" for n in args.models)
-        + ".\n\n" + "\n".join(lines) + f"\n\nCommand: `{command}`\n"
+        + ".\n\n"
+        + "\n".join(lines)
+        + f"\n\nCommand: `{command}`\n"
     )
 
 

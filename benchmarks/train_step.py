@@ -50,7 +50,9 @@ def plain_step(model, opt, x):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--d-in", type=int, default=256)
     p.add_argument("--n-latents", type=int, default=4096)
     p.add_argument("--k", type=int, default=32)
@@ -66,8 +68,11 @@ def main() -> None:
     data = torch.randn(n_batches, args.batch, args.d_in, generator=gen)
 
     sae = saekit.create("topk", d_in=args.d_in, n_latents=args.n_latents, k=args.k)
-    trainer = Trainer({"topk": sae}, _NoStream(args.d_in, args.batch),
-                      TrainConfig(steps=10**9, lr=1e-3, progress_bar=False))
+    trainer = Trainer(
+        {"topk": sae},
+        _NoStream(args.d_in, args.batch),
+        TrainConfig(steps=10**9, lr=1e-3, progress_bar=False),
+    )
     plain = PlainTopK(args.d_in, args.n_latents, args.k)
     opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
 
@@ -89,8 +94,10 @@ def main() -> None:
             out.append((time.perf_counter() - t) / args.steps)
     mo, mb = statistics.median(ours), statistics.median(base)
     tok = args.batch
-    print(f"TopK train step, d_in={args.d_in} n_latents={args.n_latents} k={args.k} batch={args.batch} "
-          f"threads={args.threads}")
+    print(
+        f"TopK train step, d_in={args.d_in} n_latents={args.n_latents} k={args.k} batch={args.batch} "
+        f"threads={args.threads}"
+    )
     print(f"  saekit trainer : {1e3 * mo:8.1f} ms/step  {tok / mo:9.0f} tokens/s")
     print(f"  plain PyTorch  : {1e3 * mb:8.1f} ms/step  {tok / mb:9.0f} tokens/s")
     print(f"  ratio ours/plain (median of {args.rounds} alternating rounds): {mo / mb:.3f}")

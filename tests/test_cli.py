@@ -12,8 +12,14 @@ TINY = "synthetic:superposition:n_features=64,d_in=16,k_avg=3"
 
 def saekit(*args, cwd=None):
     env = {**os.environ, "SAEKIT_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "saekit.cli.main", *args], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "saekit.cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_help_explains_every_command():
@@ -29,8 +35,14 @@ def test_help_explains_every_command():
     "args, message",
     [
         (["train", "--steps", "abc"], "argument --steps: invalid int value: 'abc'"),
-        (["train", "-a", "topkk", "--data", TINY, "--steps", "1"], "unknown architecture 'topkk'; valid names:"),
-        (["train", "--data", "synthetic:nope", "--steps", "1"], "unknown recipe 'nope'; valid recipes:"),
+        (
+            ["train", "-a", "topkk", "--data", TINY, "--steps", "1"],
+            "unknown architecture 'topkk'; valid names:",
+        ),
+        (
+            ["train", "--data", "synthetic:nope", "--steps", "1"],
+            "unknown recipe 'nope'; valid recipes:",
+        ),
         (["train", "--data", "ftp:x"], "unknown data source"),
         (["train", "--data", TINY, "-o", "bogus=1"], "option 'bogus' does not apply"),
         (["info", "/nonexistent/sae"], "not a directory"),
@@ -48,8 +60,24 @@ def test_bad_arguments_give_one_line_and_exit_2(args, message):
 
 def test_train_sweep_eval_info_end_to_end(tmp_path):
     out = tmp_path / "run"
-    r = saekit("train", "--data", TINY, "-a", "topk,batchtopk", "--k", "2,4", "--steps", "150",
-               "--batch-size", "256", "--out", str(out), "--eval-tokens", "1024", "--no-progress")
+    r = saekit(
+        "train",
+        "--data",
+        TINY,
+        "-a",
+        "topk,batchtopk",
+        "--k",
+        "2,4",
+        "--steps",
+        "150",
+        "--batch-size",
+        "256",
+        "--out",
+        str(out),
+        "--eval-tokens",
+        "1024",
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in (out / "saes").iterdir())
     assert names == ["batchtopk-k2", "batchtopk-k4", "topk-k2", "topk-k4"]
@@ -67,7 +95,9 @@ def test_train_sweep_eval_info_end_to_end(tmp_path):
 
     r = saekit("info", str(out / "saes" / "topk-k4"))
     assert r.returncode == 0 and "architecture  topk" in r.stdout and "n_latents=128" in r.stdout
-    r = saekit("eval", str(out / "saes" / "topk-k2"), str(out / "saes" / "topk-k4"), "--tokens", "512")
+    r = saekit(
+        "eval", str(out / "saes" / "topk-k2"), str(out / "saes" / "topk-k4"), "--tokens", "512"
+    )
     assert r.returncode == 0, r.stderr
     assert "topk-k2" in r.stdout and "FVU" in r.stdout
 
@@ -82,14 +112,31 @@ def test_resume_from_cli_after_sigint(tmp_path):
 
     from saekit.formats.native import load
 
-    args = ["train", "--data", TINY, "--k", "3", "--steps", "1500", "--batch-size", "128",
-            "--eval-tokens", "256", "--no-progress"]
+    args = [
+        "train",
+        "--data",
+        TINY,
+        "--k",
+        "3",
+        "--steps",
+        "1500",
+        "--batch-size",
+        "128",
+        "--eval-tokens",
+        "256",
+        "--no-progress",
+    ]
     full = saekit(*args, "--out", str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr
 
     env = {**os.environ, "SAEKIT_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "saekit.cli.main", *args, "--out", str(tmp_path / "part")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saekit.cli.main", *args, "--out", str(tmp_path / "part")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     log = tmp_path / "part" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.exists() and log.read_text().strip()):

@@ -80,7 +80,9 @@ def test_shape_mismatch_names_the_tensor(saved):
     cfg = json.loads((saved / "cfg.json").read_text())
     cfg["n_latents"] = 41
     (saved / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(SAEFileError, match=r"W_dec has shape \(40, 10\) but cfg.json \(d_in=10, n_latents=41\)"):
+    with pytest.raises(
+        SAEFileError, match=r"W_dec has shape \(40, 10\) but cfg.json \(d_in=10, n_latents=41\)"
+    ):
         native.load(saved)
 
 

@@ -186,3 +186,31 @@ def test_compare_and_steering_on_tiny_model():
     steer = compare_steering(saes, model, ids, am, "model.layers.1", alive, n_latents=2,
                              special_ids=ctx.special_ids, max_position=8)  # fmt: skip
     assert steer["topk"]["alpha"] == steer["g"]["alpha"] > 0 and steer["topk"]["n_atoms"] == 2
+
+
+def test_gsae_cli_writes_table_plot_and_json(tmp_path):
+    import argparse
+    import json
+
+    from tiny_model import tiny_model, tiny_tokenizer
+
+    from saekit.cli import gsae as gsae_cli
+
+    tiny_model().save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    for name, arch in (("topk", "topk"), ("g", "gsae")):
+        native.save(saekit.create(arch, d_in=32, n_latents=64, k=4), tmp_path / name)
+    parser = argparse.ArgumentParser()
+    gsae_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(
+        ["gsae", str(tmp_path / "topk"), str(tmp_path / "g"), "--model", str(tmp_path / "model"),
+         "--hookpoint", "model.layers.1", "--contexts", "4", "--ctx-len", "16",
+         "--steer-latents", "2", "--steer-contexts", "2", "--out", str(tmp_path / "out"),
+         "--threads", "1"]
+    )  # fmt: skip
+    assert gsae_cli.run(args) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {"topk", "g[gradient]", "g[topk]"} <= set(results)
+    assert results["g[topk]"]["steer_shift_per_norm"] > 0
+    assert "| g[gradient] |" in (tmp_path / "out" / "table.md").read_text()
+    assert (tmp_path / "out" / "gsae.png").stat().st_size > 1000

@@ -26,8 +26,9 @@ def saes():
 
 
 def config(**kw):
-    base = dict(steps=40, lr=3e-3, warmup_steps=5, log_every=5, progress_bar=False,
-                dead_window_tokens=1024)
+    base = dict(
+        steps=40, lr=3e-3, warmup_steps=5, log_every=5, progress_bar=False, dead_window_tokens=1024
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -97,7 +98,9 @@ def test_nan_activations_fail_clearly_without_training_on_them(tmp_path):
 
     trainer = Trainer(saes(), Poisoned(stream(), 7), config(), tmp_path)
     before = None
-    with pytest.raises(NonFiniteActivationsError, match=r"NaN/Inf activations .* step 5 \(rows \[3\]\)"):
+    with pytest.raises(
+        NonFiniteActivationsError, match=r"NaN/Inf activations .* step 5 \(rows \[3\]\)"
+    ):
         trainer.fit()
     before = {n: p.clone() for n, p in trainer.members[0].sae.named_parameters()}
     assert trainer.step == 5
@@ -125,8 +128,13 @@ def test_checkpoint_write_failure_keeps_previous_checkpoint(tmp_path, monkeypatc
 
 
 def test_checkpoint_state_round_trip_keeps_int_keys_and_nesting(tmp_path):
-    state = {"opt": {"state": {0: {"m": torch.arange(3.0)}, 7: {"m": torch.ones(2)}},
-                     "groups": [{"betas": [0.9, 0.99], "params": [0, 7]}]}, "none": None}
+    state = {
+        "opt": {
+            "state": {0: {"m": torch.arange(3.0)}, 7: {"m": torch.ones(2)}},
+            "groups": [{"betas": [0.9, 0.99], "params": [0, 7]}],
+        },
+        "none": None,
+    }
     ckpt.write_checkpoint(tmp_path, 1, state)
     back = ckpt.read_checkpoint(ckpt.latest_checkpoint(tmp_path))
     assert set(back["opt"]["state"]) == {0, 7}

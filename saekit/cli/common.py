@@ -27,7 +27,9 @@ def set_threads(requested: int | None) -> int:
     process shares them (a second busy process makes multi-threaded matmuls crawl)."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     if requested is None:
         env = os.environ.get("SAEKIT_THREADS")
         if env:

@@ -7,8 +7,11 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("info", help="describe a saved SAE (architecture, shapes, provenance)",
-                       description="Print an SAE directory's architecture, shapes, options and provenance.")
+    p = sub.add_parser(
+        "info",
+        help="describe a saved SAE (architecture, shapes, provenance)",
+        description="Print an SAE directory's architecture, shapes, options and provenance.",
+    )
     p.add_argument("sae_dir", type=Path)
     p.add_argument("--json", action="store_true", help="print cfg.json as JSON")
 
@@ -38,5 +41,8 @@ def run(args) -> int:
     eval_file = Path(args.sae_dir) / "eval.json"
     if eval_file.is_file():
         core = json.loads(eval_file.read_text()).get("core", {})
-        print("  eval          " + "  ".join(f"{k}={core[k]:.4g}" for k in ("fvu", "l0", "frac_dead") if k in core))
+        print(
+            "  eval          "
+            + "  ".join(f"{k}={core[k]:.4g}" for k in ("fvu", "l0", "frac_dead") if k in core)
+        )
     return 0

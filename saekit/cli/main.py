@@ -8,7 +8,18 @@ import sys
 from saekit.cli.common import Parser, UsageError
 
 # Each module exposes add_parser(subparsers) and run(args) -> int.
-COMMANDS = ["train", "eval", "info", "report", "browse", "hookpoints", "cache"]
+COMMANDS = [
+    "train",
+    "eval",
+    "info",
+    "report",
+    "browse",
+    "adaptive",
+    "afa",
+    "gsae",
+    "hookpoints",
+    "cache",
+]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, ValueError, FileNotFoundError)
 

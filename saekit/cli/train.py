@@ -44,16 +44,32 @@ def add_parser(sub) -> None:
         ),
     )
     p.add_argument("--config", type=Path, help="JSON or TOML file with any of these options")
-    p.add_argument("--data", help="synthetic:<recipe>[:k=v,...] | model:<name>[@hookpoint] | cache:<dir> "
-                   f"(default {DEFAULTS['data']})")
-    p.add_argument("-a", "--architecture", help="architecture name(s), comma-separated (default topk)")
+    p.add_argument(
+        "--data",
+        help="synthetic:<recipe>[:k=v,...] | model:<name>[@hookpoint] | cache:<dir> "
+        f"(default {DEFAULTS['data']})",
+    )
+    p.add_argument(
+        "-a", "--architecture", help="architecture name(s), comma-separated (default topk)"
+    )
     p.add_argument("--n-latents", type=int, help="dictionary size (default 8 x d_in)")
-    p.add_argument("--k", help="k for TopK-family architectures (default 32); comma-separated to sweep")
-    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE[,VALUE]",
-                   help="architecture option (e.g. l1_coeff=5, target_l0=32, or matryoshka.k=24 for one "
-                   "architecture only); repeat; comma lists sweep")
-    p.add_argument("--cache-tokens", type=int, help="model data: tokens captured to a cache in "
-                   "the run dir before training (default 150000; 0 = stream from the model)")
+    p.add_argument(
+        "--k", help="k for TopK-family architectures (default 32); comma-separated to sweep"
+    )
+    p.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        metavar="KEY=VALUE[,VALUE]",
+        help="architecture option (e.g. l1_coeff=5, target_l0=32, or matryoshka.k=24 for one "
+        "architecture only); repeat; comma lists sweep",
+    )
+    p.add_argument(
+        "--cache-tokens",
+        type=int,
+        help="model data: tokens captured to a cache in "
+        "the run dir before training (default 150000; 0 = stream from the model)",
+    )
     p.add_argument("--steps", type=int, help="optimiser steps (default 1500)")
     p.add_argument("--batch-size", type=int, help="tokens per step (default 1024)")
     p.add_argument("--lr", type=float, help="learning rate (default 2e-4/sqrt(n_latents/2^14))")
@@ -61,9 +77,17 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="run directory (default runs/latest)")
     p.add_argument("--eval-tokens", type=int, help="held-out tokens for the final evaluation")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0 = end only)")
-    p.add_argument("--dead-window-tokens", type=int, help="tokens without firing before a latent counts as dead")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run exactly")
-    p.add_argument("--threads", type=int, help="torch threads (default: all cores when idle, else 1)")
+    p.add_argument(
+        "--dead-window-tokens",
+        type=int,
+        help="tokens without firing before a latent counts as dead",
+    )
+    p.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run exactly"
+    )
+    p.add_argument(
+        "--threads", type=int, help="torch threads (default: all cores when idle, else 1)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -110,7 +134,9 @@ def sweep(settings: dict[str, Any], d_in: int) -> dict[str, tuple[str, dict[str,
     for key in options:
         arch, dot, field = key.rpartition(".")
         if dot and arch not in archs:
-            raise UsageError(f"option {key!r} names architecture {arch!r}, not one of {', '.join(archs)}")
+            raise UsageError(
+                f"option {key!r} names architecture {arch!r}, not one of {', '.join(archs)}"
+            )
         if dot and field not in valid[arch]:
             raise UsageError(f"architecture {arch!r} has no option {field!r}")
         if not dot and not any(key in v for v in valid.values()):
@@ -126,7 +152,10 @@ def sweep(settings: dict[str, Any], d_in: int) -> dict[str, tuple[str, dict[str,
         for combo in itertools.product(*mine.values()):
             chosen = dict(zip(mine, combo))
             label = "-".join([arch, *(f"{k}{v}" for k, v in chosen.items() if len(mine[k]) > 1)])
-            runs[label] = (arch, {"d_in": d_in, "n_latents": n_latents, "seed": settings["seed"], **chosen})
+            runs[label] = (
+                arch,
+                {"d_in": d_in, "n_latents": n_latents, "seed": settings["seed"], **chosen},
+            )
     return runs
 
 
@@ -142,16 +171,26 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
     from saekit.data.model_stream import _LOADED, default_hookpoint
     from saekit.data.models import load_model
 
-    name, at, hookpoint = spec[len("model:"):].rpartition("@")
+    name, at, hookpoint = spec[len("model:") :].rpartition("@")
     if not at:
-        name, hookpoint = spec[len("model:"):], ""
+        name, hookpoint = spec[len("model:") :], ""
     name = name or "default"
+    from saekit.sae import get_architecture
+
+    # g-SAE trains on the downstream-loss gradient: store it beside x (full forward + backward).
+    archs = [a.strip() for a in str(settings["architecture"]).split(",") if a.strip()]
+    with_grad = any("grad" in get_architecture(a).needs_extras for a in archs)
     cache_dir = out / "activations"
     if (cache_dir / "manifest.json").is_file():
         manifest = load_manifest(cache_dir)
         hp = hookpoint or next(iter(manifest["hookpoints"]))
         entry = manifest["hookpoints"].get(hp)
-        if entry is not None and entry["splits"]["train"]["n_tokens"] >= n:
+        has_grad = entry is not None and "grad" in entry["arrays"]
+        if (
+            entry is not None
+            and entry["splits"]["train"]["n_tokens"] >= n
+            and (has_grad or not with_grad)
+        ):
             print(f"reusing the activation cache in {cache_dir}")
             return f"cache:{cache_dir}@{hp}"
     if name not in _LOADED:
@@ -159,12 +198,26 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
         _LOADED[name] = load_model(name)
     model, tokenizer = _LOADED[name]
     hookpoint = hookpoint or default_hookpoint(model)
-    print(f"capturing {n} tokens at {hookpoint} into {cache_dir} ...")
+    print(
+        f"capturing {n} tokens at {hookpoint}{' with gradients' if with_grad else ''} into {cache_dir} ..."
+    )
     # max_norm_factor: SmolLM2's attention-sink tokens just after position 0 reach ~150x the
     # median norm (4 in 32k tokens) and would dominate every squared error.
-    write_cache(cache_dir, model, tokenizer, "default", [hookpoint], n_tokens=n,
-                eval_tokens=max(n // 10, 4096), seed=int(settings["seed"]), dtype="fp32",
-                max_norm_factor=10.0, overwrite=True, progress=True)
+    write_cache(
+        cache_dir,
+        model,
+        tokenizer,
+        "default",
+        [hookpoint],
+        n_tokens=n,
+        eval_tokens=max(n // 10, 4096),
+        seed=int(settings["seed"]),
+        dtype="fp32",
+        max_norm_factor=10.0,
+        with_grad=with_grad,
+        overwrite=True,
+        progress=True,
+    )
     return f"cache:{cache_dir}@{hookpoint}"
 
 
@@ -186,8 +239,12 @@ def run(args) -> int:
         out = Path(settings["out"])
     if not args.resume:
         settings["train_data"] = prepare_data(settings, out)
-    stream = open_stream(settings["train_data"], batch_size=int(settings["batch_size"]), seed=int(settings["seed"]))
-    print(f"saekit train: data {settings['data']} (d_in={stream.d_in}), {threads} thread(s), run dir {out}")
+    stream = open_stream(
+        settings["train_data"], batch_size=int(settings["batch_size"]), seed=int(settings["seed"])
+    )
+    print(
+        f"saekit train: data {settings['data']} (d_in={stream.d_in}), {threads} thread(s), run dir {out}"
+    )
     if args.resume:
         trainer = Trainer.resume(out, stream, progress_bar=not args.no_progress)
         print(f"resuming at step {trainer.step} of {trainer.cfg.steps}")
@@ -202,15 +259,23 @@ def run(args) -> int:
             progress_bar=not args.no_progress,
         )
         out.mkdir(parents=True, exist_ok=True)
-        (out / "run.json").write_text(json.dumps({"settings": settings, "saes": runs}, indent=2) + "\n")
+        (out / "run.json").write_text(
+            json.dumps({"settings": settings, "saes": runs}, indent=2) + "\n"
+        )
         trainer = Trainer(saes, stream, cfg, out, run_info={"data_spec": settings["train_data"]})
-        print(f"training {len(saes)} SAE(s): {', '.join(saes)}; {cfg.steps} steps x {stream.batch_size} tokens")
+        print(
+            f"training {len(saes)} SAE(s): {', '.join(saes)}; {cfg.steps} steps x {stream.batch_size} tokens"
+        )
     try:
         trainer.fit()
     except KeyboardInterrupt:
-        print(f"\ninterrupted at step {trainer.step}; checkpoint written. Resume with: saekit train --resume {out}")
+        print(
+            f"\ninterrupted at step {trainer.step}; checkpoint written. Resume with: saekit train --resume {out}"
+        )
         return 130
     report = write_run_report(out, settings, eval_tokens=int(settings["eval_tokens"]))
     print(report.summary)
-    print(f"SAEs:    {out / 'saes'}\nmetrics: {out / 'metrics.jsonl'}\nreport:  {report.markdown} and {report.html}")
+    print(
+        f"SAEs:    {out / 'saes'}\nmetrics: {out / 'metrics.jsonl'}\nreport:  {report.markdown} and {report.html}"
+    )
     return 0

@@ -1,8 +1,8 @@
 """Activation sources. `open_stream(spec)` turns a data spec string into an ActivationStream:
 
-  synthetic:<recipe>[:key=value,...]    e.g. synthetic:superposition, synthetic:tree:rho=0.3
-  model:<name>[@<hookpoint>]            activations captured from a model (default model: "default")
-  cache:<dir>[@<hookpoint>]             an activation cache written by `saekit cache`
+synthetic:<recipe>[:key=value,...]    e.g. synthetic:superposition, synthetic:tree:rho=0.3
+model:<name>[@<hookpoint>]            activations captured from a model (default model: "default")
+cache:<dir>[@<hookpoint>]             an activation cache written by `saekit cache`
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ def open_stream(
     if kind == "model":
         from saekit.data.model_stream import open_model_stream
 
-        return open_model_stream(rest or "default", batch_size=batch_size, seed=seed, split=split, **kwargs)
+        return open_model_stream(
+            rest or "default", batch_size=batch_size, seed=seed, split=split, **kwargs
+        )
     if kind == "cache":
         from saekit.data.cache import open_cache_stream
 

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from saekit.data.hooks import Which, get_module, token_mask
-from saekit.data.model_stream import ModelStream, _generator, default_hookpoint
+from saekit.data.corpora import TokenizedCorpus
+from saekit.data.hooks import Which, get_module
+from saekit.data.model_stream import ModelStream, default_hookpoint
 from saekit.data.stream import Batch
 
 
@@ -187,30 +188,14 @@ class GradientModelStream(ModelStream):
         self.loss = loss or NextTokenCE()
         super().__init__(*args, **kwargs)
 
-    def _tokens(self, epoch: int, chunk: int) -> torch.Tensor:
-        """Permuted masked [x | g] of one chunk: [n, 2 * d_in] float32 (split in __iter__)."""
-        if self._buffer is not None and self._buffer[0] == (epoch, chunk):
-            return self._buffer[1]
-        order = torch.randperm(len(self.contexts), generator=_generator(self.seed, epoch))
-        rows = order[chunk * self.contexts_per_chunk : (chunk + 1) * self.contexts_per_chunk]
+    def _capture(self, sub: TokenizedCorpus) -> torch.Tensor:
+        """Masked [x | g] of a few contexts: [n, 2 * d_in] float32 (split in __iter__)."""
         device = next(self.model.parameters()).device
-        parts = []
-        for i in range(0, len(rows), self.forward_batch):
-            sub = self.contexts.subset(rows[i : i + self.forward_batch])
-            ids, am = sub.input_ids.to(device), sub.attention_mask.to(device)
-            act, grad = capture_gradients(
-                self.model, ids, am, self.hookpoint, self.which, self.loss
-            )
-            act, grad = act.cpu(), grad.cpu()
-            mask = token_mask(
-                sub.input_ids, sub.attention_mask, sub.special_ids, self.exclude_first, act,
-                self.max_norm_factor,
-            )  # fmt: skip
-            parts.append(torch.cat([act[mask], grad[mask]], dim=-1))
-        tokens = torch.cat(parts)
-        tokens = tokens[torch.randperm(len(tokens), generator=_generator(self.seed, epoch, chunk))]
-        self._buffer = ((epoch, chunk), tokens)
-        return tokens
+        ids, am = sub.input_ids.to(device), sub.attention_mask.to(device)
+        act, grad = capture_gradients(self.model, ids, am, self.hookpoint, self.which, self.loss)
+        act, grad = act.cpu(), grad.cpu()
+        mask = self._mask(sub, act)
+        return torch.cat([act[mask], grad[mask]], dim=-1).float()
 
     def __iter__(self) -> Iterator[Batch]:
         d = self.d_in

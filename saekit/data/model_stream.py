@@ -81,35 +81,42 @@ class ModelStream:
         return capture(self.model, ids, am, [self.hookpoint], self.which)[self.hookpoint].shape[-1]
 
     def _tokens(self, epoch: int, chunk: int) -> torch.Tensor:
-        """The permuted masked activations of one chunk: [n, d_in] float32."""
+        """The permuted masked rows of one chunk, as `_capture` returns them: [n, width]."""
         if self._buffer is not None and self._buffer[0] == (epoch, chunk):
             return self._buffer[1]
         order = torch.randperm(len(self.contexts), generator=_generator(self.seed, epoch))
         rows = order[chunk * self.contexts_per_chunk : (chunk + 1) * self.contexts_per_chunk]
-        device = next(self.model.parameters()).device
-        parts = []
-        for i in range(0, len(rows), self.forward_batch):
-            sub = self.contexts.subset(rows[i : i + self.forward_batch])
-            act = capture(
-                self.model,
-                sub.input_ids.to(device),
-                sub.attention_mask.to(device),
-                [self.hookpoint],
-                self.which,
-            )[self.hookpoint].cpu()
-            mask = token_mask(
-                sub.input_ids,
-                sub.attention_mask,
-                sub.special_ids,
-                self.exclude_first,
-                act,
-                self.max_norm_factor,
-            )
-            parts.append(act[mask].float())
+        parts = [
+            self._capture(self.contexts.subset(rows[i : i + self.forward_batch]))
+            for i in range(0, len(rows), self.forward_batch)
+        ]
         tokens = torch.cat(parts)
         tokens = tokens[torch.randperm(len(tokens), generator=_generator(self.seed, epoch, chunk))]
         self._buffer = ((epoch, chunk), tokens)
         return tokens
+
+    def _capture(self, sub: TokenizedCorpus) -> torch.Tensor:
+        """Masked activations of a few contexts: [n, d_in] float32. Subclasses that carry
+        more per token (gradients) override this and append columns."""
+        device = next(self.model.parameters()).device
+        act = capture(
+            self.model,
+            sub.input_ids.to(device),
+            sub.attention_mask.to(device),
+            [self.hookpoint],
+            self.which,
+        )[self.hookpoint].cpu()
+        return act[self._mask(sub, act)].float()
+
+    def _mask(self, sub: TokenizedCorpus, act: torch.Tensor) -> torch.Tensor:
+        return token_mask(
+            sub.input_ids,
+            sub.attention_mask,
+            sub.special_ids,
+            self.exclude_first,
+            act,
+            self.max_norm_factor,
+        )
 
     def _next_chunk(self) -> None:
         self.chunk, self.offset = self.chunk + 1, 0

@@ -293,8 +293,10 @@ def adaptive_report(sae: SAE, x: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
 
 def markdown_table(reports: dict[str, dict[str, Any]]) -> str:
     """A Markdown table, one row per (SAE, setting); reports: name -> adaptive_report."""
-    head = ("| SAE | setting | train | L0 @train | FVU @train | EV @train | FVU @2× | FVU @4× "
-            "(L0) | gain FVU(1×)−FVU(2×) | violations |\n|---|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| SAE | setting | train | L0 @train | FVU @train | EV @train | FVU @2× | FVU @4× "
+        "(L0) | gain FVU(1×)−FVU(2×) | violations |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
     rows = [head]
     for name, rep in reports.items():
         for s in rep["curves"].values():

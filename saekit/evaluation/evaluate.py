@@ -301,12 +301,28 @@ def _spliced(run: _Run) -> dict[str, Any]:
         evaluation.input_ids,
         evaluation.attention_mask,
         source.hookpoint,
-        run.sae,
+        _splice_function(run.sae),
         mean_activation=run.shared[key],
         which=source.which,  # type: ignore[arg-type]
         special_ids=evaluation.special_ids,
     )
-    return {"spliced": {**scores, "n_contexts": len(evaluation), "ctx_len": evaluation.ctx_len}}
+    out = {**scores, "n_contexts": len(evaluation), "ctx_len": evaluation.ctx_len}
+    if run.sae.needs_extras:
+        out["inference_mode"] = "topk"
+    return {"spliced": out}
+
+
+def _splice_function(sae: SAE) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What replaces the hookpoint activation. A splice has no per-token gradient at hand, so
+    g-SAE is evaluated in its plain-TopK inference mode here (`saekit gsae` evaluates the
+    gradient mode with gradients it captures)."""
+    if not sae.needs_extras:
+        return sae
+    if sae.architecture == "gsae":
+        return lambda x: sae.decode(sae.encode(x, mode="topk"))
+    raise Skip(
+        f"{sae.architecture} needs per-token extras ({', '.join(sae.needs_extras)}) to encode"
+    )
 
 
 def _adaptive(run: _Run) -> dict[str, Any]:

@@ -50,7 +50,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     cfg_path = path / CONFIG_FILE
     if not path.is_dir():
-        raise SAEFileError(f"{path}: not a directory (expected an SAE directory with {CONFIG_FILE})")
+        raise SAEFileError(
+            f"{path}: not a directory (expected an SAE directory with {CONFIG_FILE})"
+        )
     if not cfg_path.is_file():
         raise SAEFileError(f"{path}: missing {CONFIG_FILE}; is this an SAE directory?")
     try:

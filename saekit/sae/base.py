@@ -25,6 +25,7 @@ class SAEConfig:
     d_in: int
     n_latents: int
     seed: int = 0
+
     # Fraction of training after which auxiliary coefficients reach full strength.
     # (Used by penalties that are warmed up; ignored elsewhere.)
     def to_dict(self) -> dict[str, Any]:

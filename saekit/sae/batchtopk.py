@@ -32,7 +32,9 @@ class BatchTopKSAE(TopKSAE):
         # -1 = not calibrated; stored in the weights file so inference is reproducible.
         self.register_buffer("threshold", torch.tensor(-1.0))
 
-    def select(self, pre: torch.Tensor, **extras: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def select(
+        self, pre: torch.Tensor, **extras: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, n = pre.shape
         flat = pre.relu().reshape(-1)
         top = flat.topk(min(self.cfg.k * batch, flat.numel())).indices
@@ -53,7 +55,9 @@ class BatchTopKSAE(TopKSAE):
             out[rows, cols] = pre[rows, cols]
             return out
         if mode != "threshold":
-            raise ValueError(f"unknown BatchTopK encode mode {mode!r}; use threshold, batch or topk")
+            raise ValueError(
+                f"unknown BatchTopK encode mode {mode!r}; use threshold, batch or topk"
+            )
         if float(self.threshold) < 0:
             raise RuntimeError(
                 "BatchTopK inference threshold is not calibrated: train the SAE (the trainer "

@@ -34,7 +34,9 @@ class SparseCode:
         return out
 
     def select(self, keep: torch.Tensor) -> SparseCode:
-        return SparseCode(self.rows[keep], self.cols[keep], self.values[keep], self.batch, self.n_latents)
+        return SparseCode(
+            self.rows[keep], self.cols[keep], self.values[keep], self.batch, self.n_latents
+        )
 
 
 def from_topk(indices: torch.Tensor, n_latents: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,25 +76,29 @@ class _SelectedPreActivations(torch.autograd.Function):
             if offsets.numel():  # rows sorted: one embedding_bag
                 grad_x = F.embedding_bag(cols, W_enc, offsets, mode="sum", per_sample_weights=grad)
             else:
-                by_row = torch.sparse_coo_tensor(
-                    torch.stack([rows, cols]),
-                    grad,
-                    (x_centered.shape[0], W_enc.shape[0]),
-                    check_invariants=False,
-                )
-                grad_x = torch.sparse.mm(by_row, W_enc)
+                shape = (x_centered.shape[0], W_enc.shape[0])
+                grad_x = _sparse_times(rows, cols, grad, shape, W_enc)
         if ctx.needs_input_grad[1]:
-            selection = torch.sparse_coo_tensor(
-                torch.stack([cols, rows]),
-                grad,
-                (W_enc.shape[0], x_centered.shape[0]),
-                check_invariants=False,
-            )
-            grad_w = torch.sparse.mm(selection, x_centered)
+            shape = (W_enc.shape[0], x_centered.shape[0])
+            grad_w = _sparse_times(cols, rows, grad, shape, x_centered)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = torch.zeros(W_enc.shape[0], dtype=grad.dtype, device=grad.device)
             grad_b.index_add_(0, cols, grad)
         return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def _sparse_times(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+    shape: tuple[int, int],
+    dense: torch.Tensor,
+) -> torch.Tensor:
+    """S @ dense for the sparse S [shape] with S[rows, cols] = values."""
+    sparse = torch.sparse_coo_tensor(
+        torch.stack([rows, cols]), values, shape, check_invariants=False
+    )
+    return torch.sparse.mm(sparse, dense)
 
 
 def gather_values(
@@ -117,7 +123,9 @@ def gather_values(
     return _SelectedPreActivations.apply(x_centered, W_enc, b_enc, rows, cols, offsets, values)
 
 
-def sparse_decode(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None) -> torch.Tensor:
+def sparse_decode(
+    code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None
+) -> torch.Tensor:
     """[batch, d_in] = Σ_i f_i d_i (+ b_dec), via embedding_bag (no [nnz, d_in] temporary)."""
     offsets = row_offsets(code.rows, code.batch)
     out = F.embedding_bag(code.cols, W_dec, offsets, mode="sum", per_sample_weights=code.values)

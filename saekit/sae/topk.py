@@ -67,7 +67,9 @@ class TopKSAE(SAE):
     def k_aux(self) -> int:
         return self.cfg.k_aux or max(1, self.d_in // 2)
 
-    def select(self, pre: torch.Tensor, **extras: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def select(
+        self, pre: torch.Tensor, **extras: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, cols) of the kept entries, from pre-activations without gradient."""
         return from_topk(pre.topk(self.cfg.k, dim=-1).indices, self.n_latents)
 

@@ -50,7 +50,9 @@ def unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def write_checkpoint(checkpoint_root: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
+def write_checkpoint(
+    checkpoint_root: Path, step: int, state: dict[str, Any], keep: int = 2
+) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten(state, tensors)
     target = checkpoint_root / f"step-{step:09d}"

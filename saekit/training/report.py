@@ -38,10 +38,15 @@ def _fmt(v: Any) -> str:
 
 
 def table(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    cols = [(key, group, label) for key, group, label in HEADLINE
-            if any(key in r.get(group, {}) for r in results.values())]
+    cols = [
+        (key, group, label)
+        for key, group, label in HEADLINE
+        if any(key in r.get(group, {}) for r in results.values())
+    ]
     header = ["SAE", *(label for _, _, label in cols)]
-    rows = [[name, *(_fmt(r.get(g, {}).get(k, "")) for k, g, _ in cols)] for name, r in results.items()]
+    rows = [
+        [name, *(_fmt(r.get(g, {}).get(k, "")) for k, g, _ in cols)] for name, r in results.items()
+    ]
     return header, rows
 
 
@@ -83,8 +88,9 @@ def write_run_report(out: Path, settings: dict[str, Any], eval_tokens: int) -> R
     for sae_dir in sorted(p for p in (out / "saes").iterdir() if p.is_dir()):
         sae = load(sae_dir)
         spec = settings.get("train_data", settings["data"])
-        stream = open_stream(spec, batch_size=int(settings["batch_size"]),
-                             seed=int(settings["seed"]), split="eval")
+        stream = open_stream(
+            spec, batch_size=int(settings["batch_size"]), seed=int(settings["seed"]), split="eval"
+        )
         # Model-derived SAEs also get the spliced-in CE/KL scores.
         groups = ("core", "synthetic", "spliced") if model_source(sae) else ("core", "synthetic")
         results[sae_dir.name] = evaluate_sae(
@@ -117,10 +123,10 @@ def write_run_report(out: Path, settings: dict[str, Any], eval_tokens: int) -> R
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
 td:first-child{{text-align:left}}</style></head><body>
-<h1>saekit run</h1><p>Data: <code>{html.escape(str(settings['data']))}</code>;
-{settings['steps']} steps &times; {settings['batch_size']} tokens; {eval_tokens} held-out tokens.</p>
-<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in header)}</tr>{html_rows}</table>
-{f'<p><img src="{plot.name}" style="max-width:100%"></p>' if plot else ''}
+<h1>saekit run</h1><p>Data: <code>{html.escape(str(settings["data"]))}</code>;
+{settings["steps"]} steps &times; {settings["batch_size"]} tokens; {eval_tokens} held-out tokens.</p>
+<table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in header)}</tr>{html_rows}</table>
+{f'<p><img src="{plot.name}" style="max-width:100%"></p>' if plot else ""}
 </body></html>"""
     html_path = out / "report.html"
     html_path.write_text(page)

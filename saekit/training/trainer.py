@@ -53,7 +53,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         if self.init_b_dec not in {"geometric_median", "mean", "zero"}:
-            raise ValueError(f"init_b_dec must be geometric_median, mean or zero, got {self.init_b_dec!r}")
+            raise ValueError(
+                f"init_b_dec must be geometric_median, mean or zero, got {self.init_b_dec!r}"
+            )
         if self.steps < 1:
             raise ValueError("steps must be >= 1")
 
@@ -102,7 +104,9 @@ class Trainer:
             raise ValueError("nothing to train: no SAEs given")
         for name, sae in saes.items():
             if sae.d_in != stream.d_in:
-                raise ValueError(f"SAE {name!r} has d_in={sae.d_in} but the stream has d_in={stream.d_in}")
+                raise ValueError(
+                    f"SAE {name!r} has d_in={sae.d_in} but the stream has d_in={stream.d_in}"
+                )
         self.cfg = cfg
         self.stream = stream
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -209,15 +213,21 @@ class Trainer:
             self._initialise()
         log = self._open_log()
         bar = tqdm(
-            total=self.cfg.steps, initial=self.step, disable=not self.cfg.progress_bar,
-            desc="train", unit="step", dynamic_ncols=True,
+            total=self.cfg.steps,
+            initial=self.step,
+            disable=not self.cfg.progress_bar,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
         )
         with _DeferredInterrupts() as interrupts:
             try:
                 while self.step < self.cfg.steps:
                     self.train_step(self._next_batch())
                     bar.update(1)
-                    if self.members[0].last and (self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps):
+                    if self.members[0].last and (
+                        self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps
+                    ):
                         self._log(log)
                         bar.set_postfix_str(self._postfix())
                     if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
@@ -263,7 +273,11 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / "metrics.jsonl"
         if path.exists():  # resumed: drop lines written after the checkpoint we resumed from
-            keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
+            keep = [
+                ln
+                for ln in path.read_text().splitlines()
+                if ln and json.loads(ln)["step"] <= self.step
+            ]
             path.write_text("".join(k + "\n" for k in keep))
         return open(path, "a")
 
@@ -272,7 +286,9 @@ class Trainer:
             return
         tokens = self.step * self.stream.batch_size
         for m in self.members:
-            fh.write(json.dumps({"step": self.step, "tokens": tokens, "sae": m.name, **m.last}) + "\n")
+            fh.write(
+                json.dumps({"step": self.step, "tokens": tokens, "sae": m.name, **m.last}) + "\n"
+            )
         fh.flush()
 
     # ---- files -------------------------------------------------------------------------------
@@ -288,10 +304,18 @@ class Trainer:
         paths = {}
         for m in self.members:
             meta = {
-                "normalisation": {"input_scale_folded": self.scale, "convention": "E||x|| = sqrt(d_in)"},
+                "normalisation": {
+                    "input_scale_folded": self.scale,
+                    "convention": "E||x|| = sqrt(d_in)",
+                },
                 "data": self.stream.describe(),
-                "training": {"steps": self.step, "tokens": self.step * self.stream.batch_size,
-                             "train_config": asdict(self.cfg), "last_metrics": m.last, **self.run_info},
+                "training": {
+                    "steps": self.step,
+                    "tokens": self.step * self.stream.batch_size,
+                    "train_config": asdict(self.cfg),
+                    "last_metrics": m.last,
+                    **self.run_info,
+                },
             }
             paths[m.name] = native.save(self.export(m), self.out_dir / "saes" / m.name, meta)
         return paths
