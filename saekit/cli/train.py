@@ -168,8 +168,8 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
     if not spec.startswith("model:") or n <= 0:
         return spec
     from saekit.data.cache import load_manifest, write_cache
-    from saekit.data.model_stream import _LOADED, default_hookpoint
-    from saekit.data.models import load_model
+    from saekit.data.model_stream import default_hookpoint
+    from saekit.data.models import load_model_cached
 
     name, at, hookpoint = spec[len("model:") :].rpartition("@")
     if not at:
@@ -193,10 +193,8 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
         ):
             print(f"reusing the activation cache in {cache_dir}")
             return f"cache:{cache_dir}@{hp}"
-    if name not in _LOADED:
-        print(f"loading model {name!r} ...")
-        _LOADED[name] = load_model(name)
-    model, tokenizer = _LOADED[name]
+    print(f"loading model {name!r} ...")
+    model, tokenizer = load_model_cached(name)
     hookpoint = hookpoint or default_hookpoint(model)
     print(
         f"capturing {n} tokens at {hookpoint}{' with gradients' if with_grad else ''} into {cache_dir} ..."

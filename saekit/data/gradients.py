@@ -218,16 +218,13 @@ def open_gradient_stream(
     **kwargs: Any,
 ) -> GradientModelStream:
     """``"<model>[@<hookpoint>]"`` -> GradientModelStream (as `open_model_stream`)."""
-    from saekit.data import model_stream
     from saekit.data.corpora import tokenize_corpus
-    from saekit.data.models import load_model
+    from saekit.data.models import load_model_cached
 
     name, at, hookpoint = spec.rpartition("@")
     if not at:
         name, hookpoint = spec, ""
-    if name not in model_stream._LOADED:
-        model_stream._LOADED[name] = load_model(name or "default")
-    model, tokenizer = model_stream._LOADED[name]
+    model, tokenizer = load_model_cached(name)
     corpus_split = {"train": "train", "eval": "heldout"}.get(split)
     if corpus_split is None:
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")

@@ -25,7 +25,7 @@ from torch import nn
 
 from saekit.data.corpora import TokenizedCorpus, tokenize_corpus
 from saekit.data.hooks import Which, capture, get_module, token_mask
-from saekit.data.models import describe_model, load_model
+from saekit.data.models import describe_model, load_model_cached
 from saekit.data.stream import Batch
 
 
@@ -186,9 +186,6 @@ def default_hookpoint(model: nn.Module) -> str:
     return f"{name}.{n // 2}"
 
 
-_LOADED: dict[str, tuple[Any, Any]] = {}  # one load per process: loads cost 3-20 s
-
-
 def open_model_stream(
     spec: str,
     batch_size: int,
@@ -204,9 +201,7 @@ def open_model_stream(
     name, at, hookpoint = spec.rpartition("@")
     if not at:
         name, hookpoint = spec, ""
-    if name not in _LOADED:
-        _LOADED[name] = load_model(name or "default")
-    model, tokenizer = _LOADED[name]
+    model, tokenizer = load_model_cached(name)
     corpus_split = {"train": "train", "eval": "heldout"}.get(split)
     if corpus_split is None:
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")

@@ -59,6 +59,17 @@ def package_dir(module: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+_LOADED: dict[str, tuple[Any, Any]] = {}
+
+
+def load_model_cached(name: str = "default") -> tuple[Any, Any]:
+    """`load_model(name)`, once per process: a load costs 3-30 s, and a run's streams, splice
+    evaluation and probing all want the same model."""
+    if name not in _LOADED:
+        _LOADED[name] = load_model(name or "default")
+    return _LOADED[name]
+
+
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     dtype: torch.dtype = torch.float32,

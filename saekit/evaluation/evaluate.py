@@ -74,21 +74,10 @@ class ModelSource:
     which: str = "output"
 
     def load(self) -> tuple[Any, Any]:
-        """(model, tokenizer), loaded once per process (a load costs 3-20 s)."""
-        loaded = _loaded_models()
-        if self.model not in loaded:
-            from saekit.data.models import load_model
+        """(model, tokenizer), loaded once per process and shared with `model:` streams."""
+        from saekit.data.models import load_model_cached
 
-            loaded[self.model] = load_model(self.model)
-        return loaded[self.model]
-
-
-def _loaded_models() -> dict[str, tuple[Any, Any]]:
-    """The per-process model cache, shared with `model:` activation streams so that
-    `saekit eval` loads a model once for its stream and its spliced/probing/interp groups."""
-    from saekit.data import model_stream
-
-    return model_stream._LOADED
+        return load_model_cached(self.model)
 
 
 def model_source(sae: SAE, data_spec: str | None = None) -> ModelSource | None:
