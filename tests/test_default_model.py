@@ -80,3 +80,18 @@ def test_spliced_identity_and_clean_ce(smollm, heldout):
     kept = token_mask(heldout.input_ids, heldout.attention_mask, heldout.special_ids)
     assert out["n_tokens"] == kept[:, :-1].sum()  # no position 0, no separator
     assert len(set(heldout.doc_ids.flatten().tolist()) - {-1}) >= 8
+
+
+def test_gradient_stream_matches_plain_stream_on_smollm2():
+    """The g-SAE stream yields the same (masked, shuffled) activations as the plain model
+    stream for the same seed, plus a non-zero per-token gradient."""
+    from saekit.data.gradients import open_gradient_stream
+    from saekit.data.model_stream import open_model_stream
+
+    kw = dict(n_contexts=8, contexts_per_chunk=4, forward_batch=2, seed=3)
+    plain = next(iter(open_model_stream("default", 64, **kw)))
+    with_grad = next(iter(open_gradient_stream("default", 64, **kw)))
+    assert torch.allclose(with_grad.x, plain.x, rtol=1e-5, atol=1e-4)
+    grad = with_grad.extras["grad"]
+    assert grad.shape == plain.x.shape
+    assert (grad.norm(dim=-1) > 0).float().mean() > 0.9  # tokens with a next-token target

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from saekit.data.corpora import TokenizedCorpus
 from saekit.data.hooks import Which, get_module
-from saekit.data.model_stream import ModelStream, default_hookpoint
+from saekit.data.model_stream import ModelStream, open_model_stream
 from saekit.data.stream import Batch
 
 
@@ -218,20 +218,9 @@ def open_gradient_stream(
     **kwargs: Any,
 ) -> GradientModelStream:
     """``"<model>[@<hookpoint>]"`` -> GradientModelStream (as `open_model_stream`)."""
-    from saekit.data.corpora import tokenize_corpus
-    from saekit.data.models import load_model_cached
-
-    name, at, hookpoint = spec.rpartition("@")
-    if not at:
-        name, hookpoint = spec, ""
-    model, tokenizer = load_model_cached(name)
-    corpus_split = {"train": "train", "eval": "heldout"}.get(split)
-    if corpus_split is None:
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    contexts = tokenize_corpus(tokenizer, corpus, n_contexts, ctx_len, corpus_split, seed)
-    return GradientModelStream(
-        model, contexts, hookpoint or default_hookpoint(model), batch_size, seed, loss=loss,
-        **kwargs,
+    return open_model_stream(
+        spec, batch_size, seed, split, corpus, n_contexts, ctx_len,
+        stream_class=GradientModelStream, loss=loss, **kwargs,
     )  # fmt: skip
 
 

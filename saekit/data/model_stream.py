@@ -194,10 +194,12 @@ def open_model_stream(
     corpus: str = "default",
     n_contexts: int = 2048,
     ctx_len: int = 128,
+    stream_class: type[ModelStream] | None = None,
     **kwargs: Any,
 ) -> ModelStream:
-    """``"<model>[@<hookpoint>]"`` -> ModelStream on the corpus' train or held-out ("eval")
-    split; the hookpoint defaults to the middle decoder layer's output."""
+    """``"<model>[@<hookpoint>]"`` -> ModelStream (or `stream_class`, e.g. the gradient
+    stream) on the corpus' train or held-out ("eval") split; the hookpoint defaults to the
+    middle decoder layer's output. kwargs go to the stream class."""
     name, at, hookpoint = spec.rpartition("@")
     if not at:
         name, hookpoint = spec, ""
@@ -206,6 +208,5 @@ def open_model_stream(
     if corpus_split is None:
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     contexts = tokenize_corpus(tokenizer, corpus, n_contexts, ctx_len, corpus_split, seed)
-    return ModelStream(
-        model, contexts, hookpoint or default_hookpoint(model), batch_size, seed, **kwargs
-    )
+    cls = stream_class or ModelStream
+    return cls(model, contexts, hookpoint or default_hookpoint(model), batch_size, seed, **kwargs)
