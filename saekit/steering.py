@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from saekit.data.hooks import Which, get_module
+from saekit.data.hooks import Which, transform_hookpoint
 
 
 def steering_vector(sae: Any, latent: int, unit: bool = True) -> torch.Tensor:
@@ -44,7 +44,6 @@ def steer(
 
     With a KV cache each generated token is its own forward of length 1: it is steered when
     start == 0 (positions of later forwards are not counted from the prompt)."""
-    module = get_module(model, hookpoint)
     vec = vector.detach().reshape(-1)
 
     def add(x: torch.Tensor) -> torch.Tensor:
@@ -59,30 +58,8 @@ def steer(
         out[..., start:, :] += delta
         return out
 
-    def output_hook(_m: nn.Module, _a: tuple, output: Any) -> Any:
-        if isinstance(output, torch.Tensor):
-            return add(output)
-        if isinstance(output, tuple) and isinstance(output[0], torch.Tensor):
-            return (add(output[0]), *output[1:])
-        raise TypeError(f"cannot steer {hookpoint!r}: output is {type(output).__name__}")
-
-    def input_hook(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if args and isinstance(args[0], torch.Tensor):
-            return (add(args[0]), *args[1:]), kwargs
-        if isinstance(kwargs.get("hidden_states"), torch.Tensor):
-            return args, {**kwargs, "hidden_states": add(kwargs["hidden_states"])}
-        raise TypeError(f"cannot steer the input of {hookpoint!r}: no tensor argument")
-
-    if which == "output":
-        handle = module.register_forward_hook(output_hook)
-    elif which == "input":
-        handle = module.register_forward_pre_hook(input_hook, with_kwargs=True)
-    else:
-        raise ValueError(f"which must be 'output' or 'input', got {which!r}")
-    try:
+    with transform_hookpoint(model, hookpoint, which, add):
         yield
-    finally:
-        handle.remove()
 
 
 @torch.no_grad()

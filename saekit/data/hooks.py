@@ -270,3 +270,38 @@ def capture_with_grad(
     acts = {n: live[n].detach() for n in hookpoints}
     grads = {n: live[n].grad.detach() for n in hookpoints}
     return acts, grads
+
+
+@contextmanager
+def transform_hookpoint(
+    model: nn.Module, hookpoint: str, which: Which, fn: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
+    """Within the block, the hookpoint's output (or first input) tensor x becomes fn(x).
+    Tuple outputs and the `hidden_states` keyword input are handled; splicing and steering
+    are both this with different `fn`."""
+    if which not in ("output", "input"):
+        raise ValueError(f"which must be 'output' or 'input', got {which!r}")
+    module = get_module(model, hookpoint)
+
+    def output_hook(_m: nn.Module, _a: tuple, output: Any) -> Any:
+        if isinstance(output, torch.Tensor):
+            return fn(output)
+        if isinstance(output, tuple) and isinstance(output[0], torch.Tensor):
+            return (fn(output[0]), *output[1:])
+        raise TypeError(f"cannot modify {hookpoint!r}: output is {type(output).__name__}")
+
+    def input_hook(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args and isinstance(args[0], torch.Tensor):
+            return (fn(args[0]), *args[1:]), kwargs
+        if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+            return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+        raise TypeError(f"cannot modify the input of {hookpoint!r}: no tensor argument")
+
+    if which == "output":
+        handle = module.register_forward_hook(output_hook)
+    else:
+        handle = module.register_forward_pre_hook(input_hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from saekit.data.hooks import Which, capture, get_module, token_mask
+from saekit.data.hooks import Which, capture, get_module, token_mask, transform_hookpoint
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]
 
@@ -40,7 +40,6 @@ def splice(
 ) -> Iterator[None]:
     """Within the block, the hookpoint's activation x [batch, seq, d] becomes x with
     x[mask] replaced by fn(x[mask]) (fn sees float32 [n, d]); other tokens keep x."""
-    module = get_module(model, hookpoint)
 
     def replace(x: torch.Tensor) -> torch.Tensor:
         new = fn(x[mask].float())
@@ -55,28 +54,8 @@ def splice(
         out[mask] = new.to(x.dtype)
         return out
 
-    def output_hook(_m: nn.Module, _a: tuple, output: Any) -> Any:
-        if isinstance(output, torch.Tensor):
-            return replace(output)
-        if isinstance(output, tuple) and isinstance(output[0], torch.Tensor):
-            return (replace(output[0]), *output[1:])
-        raise TypeError(f"cannot splice into {hookpoint!r}: output is {type(output).__name__}")
-
-    def input_hook(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if args and isinstance(args[0], torch.Tensor):
-            return (replace(args[0]), *args[1:]), kwargs
-        if isinstance(kwargs.get("hidden_states"), torch.Tensor):
-            return args, {**kwargs, "hidden_states": replace(kwargs["hidden_states"])}
-        raise TypeError(f"cannot splice into the input of {hookpoint!r}: no tensor argument")
-
-    if which == "output":
-        handle = module.register_forward_hook(output_hook)
-    else:
-        handle = module.register_forward_pre_hook(input_hook, with_kwargs=True)
-    try:
+    with transform_hookpoint(model, hookpoint, which, replace):
         yield
-    finally:
-        handle.remove()
 
 
 def _log_probs(model: nn.Module, ids: torch.Tensor, am: torch.Tensor, pred: torch.Tensor):
