@@ -149,7 +149,10 @@ def _median_ms(fn: Callable[[], object], reps: int) -> float:
 
 
 def ratio_child(size_name: str, rounds: int, out: Path) -> None:
-    """MP-SAE vs TopK Trainer.train_step, alternating; then where the MP step's time goes."""
+    """MP-SAE vs TopK Trainer.train_step (and a plain PyTorch TopK step, for scale),
+    alternating; then where the MP step's time goes."""
+    from train_step import PlainTopK, plain_step
+
     from saekit.data.stream import Batch
     from saekit.sae.pursuit import replay, select_atoms
 
@@ -159,23 +162,31 @@ def ratio_child(size_name: str, rounds: int, out: Path) -> None:
     data = [torch.randn(size["batch"], size["d_in"], generator=g) for _ in range(4)]
     mp = _trainer("mpsae", size, n_steps=size["n_steps"])
     topk = _trainer("topk", size, k=size["n_steps"])
-    step = {"mpsae": 0, "topk": 0}
+    plain = PlainTopK(size["d_in"], size["n_latents"], size["n_steps"])
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    steppers = {
+        "mpsae": lambda x: mp.train_step(Batch(x)),
+        "topk": lambda x: topk.train_step(Batch(x)),
+        "plain_topk": lambda x: plain_step(plain, plain_opt, x),
+    }
+    step = dict.fromkeys(steppers, 0)
 
-    def run(name: str, trainer, n: int = 2) -> float:
+    def run(name: str, n: int = 2) -> float:
         t0 = time.perf_counter()
         for _ in range(n):
-            trainer.train_step(Batch(data[step[name] % 4]))
+            steppers[name](data[step[name] % 4])
             step[name] += 1
         return (time.perf_counter() - t0) / n
 
-    run("mpsae", mp, 1), run("topk", topk, 1)
-    times: dict[str, list[float]] = {"mpsae": [], "topk": []}
+    for name in steppers:
+        run(name, 1)
+    times: dict[str, list[float]] = {name: [] for name in steppers}
     for _ in range(rounds):
-        times["mpsae"].append(run("mpsae", mp))
-        times["topk"].append(run("topk", topk))
+        for name in steppers:
+            times[name].append(run(name))
 
     # The MP step's forward + backward, phase by phase as training_forward runs it (in-place
-    # Gram rebuild, workspace replay), each step timed whole so the parts add up.
+    # Gram rebuild, replay), each step timed whole so the parts add up.
     sae = mp.members[0].sae
     T = size["n_steps"]
 
@@ -191,7 +202,7 @@ def ratio_child(size_name: str, rounds: int, out: Path) -> None:
         sel = select_atoms(sae.W_dec, r0, T, sae.cfg.sign, gram=G, method="gram")
         ticks.append(time.perf_counter())
         sae.zero_grad(set_to_none=True)
-        _, recon = replay(sae.W_dec, x - sae.b_dec, sel.indices, sel.updated, sae._workspace)
+        _, recon = replay(sae.W_dec, x - sae.b_dec, sel.indices, sel.updated)
         (recon + sae.b_dec - x).pow(2).sum(-1).mean().backward()
         ticks.append(time.perf_counter())
         return [b - a for a, b in zip(ticks, ticks[1:])]
@@ -295,13 +306,15 @@ def report_ratio(ratio: dict, spec: dict[str, int]) -> str:
     """The MP / TopK train-step ratio and the MP step's breakdown, as text."""
     mp = 1e3 * statistics.median(ratio["times"]["mpsae"])
     tk = 1e3 * statistics.median(ratio["times"]["topk"])
+    pl = 1e3 * statistics.median(ratio["times"]["plain_topk"])
     T = spec["n_steps"]
     lines = [
         f"saekit Trainer.train_step, d_in {spec['d_in']}, {spec['n_latents']} latents, "
         f"batch {spec['batch']} (median of {len(ratio['times']['topk'])} alternating rounds)",
         f"  MP-SAE (T = {T})  {mp:8.0f} ms/step  {1e3 * spec['batch'] / mp:8.0f} tokens/s",
         f"  TopK   (k = {T})  {tk:8.0f} ms/step  {1e3 * spec['batch'] / tk:8.0f} tokens/s",
-        f"  ratio MP / TopK: {mp / tk:.2f} (issue target <= 1.5)",
+        f"  plain PyTorch TopK loop (benchmarks/train_step.py)  {pl:.0f} ms/step",
+        f"  ratio MP / TopK: {mp / tk:.2f} (issue target <= 1.5); MP / plain TopK: {mp / pl:.2f}",
         "  where the MP step goes (ms, medians of separately timed steps; rest = step - parts):",
     ]  # fmt: skip
     for name, ms in ratio["parts_ms"].items():

@@ -1,12 +1,17 @@
 """Matching-pursuit kernels (saekit/sae/pursuit.py): Gram path vs direct loop, replay gradients
-vs the naive unrolled loop, stopping rules, re-selection."""
+vs the naive unrolled loop, stopping rules, re-selection. Tests taking `backend` run twice:
+on the C kernels (pursuit_kernels.c) and on the torch path (SAEKIT_NATIVE=0)."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from saekit.sae import native
 from saekit.sae.pursuit import (
     SIGNS,
-    Workspace,
     _argmax,
     choose_method,
     gram_matrix,
@@ -15,6 +20,16 @@ from saekit.sae.pursuit import (
     scatter_codes,
     select_atoms,
 )
+
+
+@pytest.fixture(params=["native", "torch"])
+def backend(request, monkeypatch):
+    if request.param == "torch":
+        monkeypatch.setenv("SAEKIT_NATIVE", "0")
+        assert native.library() is None
+    else:
+        assert native.library() is not None, "C kernels failed to build (is `cc` installed?)"
+    return request.param
 
 
 def dictionary(p: int, d: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -35,7 +50,7 @@ def residual_norms(D, r0, sel) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("sign", SIGNS)
-def test_gram_paths_equal_direct_fp64(sign):
+def test_gram_paths_equal_direct_fp64(sign, backend):
     D, x = dictionary(512, 64, 0), inputs(64, 64, 1)
     ref = select_atoms(D, x, 128, sign, method="direct")
     assert ref.updated.all()
@@ -46,7 +61,7 @@ def test_gram_paths_equal_direct_fp64(sign):
 
 
 @pytest.mark.parametrize("sign", SIGNS)
-def test_gram_path_equals_direct_fp32(sign):
+def test_gram_path_equals_direct_fp32(sign, backend):
     D, x = dictionary(512, 64, 2, torch.float32), inputs(64, 64, 3, torch.float32)
     ref = select_atoms(D, x, 128, sign, method="direct")
     sel = select_atoms(D, x, 128, sign, method="gram", refresh_every=32)
@@ -76,7 +91,7 @@ def test_choose_method():
 
 
 @pytest.mark.parametrize("sign", SIGNS)
-def test_replay_gradients_equal_naive_unrolled_loop(sign):
+def test_replay_gradients_equal_naive_unrolled_loop(sign, backend):
     D0, x0 = dictionary(64, 16, 4), inputs(48, 16, 5)
     b0 = 0.1 * inputs(1, 16, 6)[0]
     w, v = inputs(48, 16, 7), inputs(48, 64, 8)
@@ -106,7 +121,7 @@ def test_replay_gradients_equal_naive_unrolled_loop(sign):
         assert (a - b).abs().max() < 1e-10
 
 
-def test_replay_coefficients_equal_selection_and_mask_skipped_steps():
+def test_replay_coefficients_equal_selection_and_mask_skipped_steps(backend):
     D, x = dictionary(128, 24, 9), inputs(32, 24, 10)
     sel = select_atoms(D, x, 30, "nonneg", relative_threshold=0.2)
     alpha, recon = replay(D, x, sel.indices, sel.updated)
@@ -117,7 +132,7 @@ def test_replay_coefficients_equal_selection_and_mask_skipped_steps():
 
 
 @pytest.mark.parametrize("sign", SIGNS)
-def test_error_is_monotone_in_steps(sign):
+def test_error_is_monotone_in_steps(sign, backend):
     D, x = dictionary(256, 32, 11), inputs(40, 32, 12)
     sel = select_atoms(D, x, 64, sign)
     norms = residual_norms(D, x, sel)
@@ -159,7 +174,7 @@ def test_nonneg_stops_when_every_correlation_is_negative():
 
 
 @pytest.mark.parametrize("method", ["direct", "gram"])
-def test_threshold_stopping_per_input(method):
+def test_threshold_stopping_per_input(method, backend):
     D = dictionary(256, 32, 13)
     x = inputs(64, 32, 14) * torch.linspace(0.2, 3.0, 64, dtype=torch.float64)[:, None]
     tau = 1.5
@@ -184,42 +199,51 @@ def test_threshold_stopping_per_input(method):
     assert (rel_norms[rows, rel.n_steps - 1] / rel_norms[:, 0]).pow(2).min() >= 0.3
 
 
-def _replay_grads(D0, x, sel, workspace, retain=False):
-    D = D0.clone().requires_grad_(True)
-    r0 = x.clone().requires_grad_(True)
-    alpha, recon = replay(D, r0, sel.indices, sel.updated, workspace)
-    loss = recon.pow(2).sum() + alpha.sum()
-    return loss, D, r0
+def test_native_kernels_match_torch_path(monkeypatch):
+    """fp32 at training-like sizes, with refreshes, a threshold and all sign rules: the C
+    kernels make the torch path's selections, coefficients and gradients."""
+    D0, x = dictionary(700, 48, 15, torch.float32), 3 * inputs(300, 48, 16, torch.float32)
+    w = inputs(300, 48, 17, torch.float32)
+
+    def run():
+        out = []
+        for sign in SIGNS:
+            sel = select_atoms(D0, x, 40, sign, method="gram", refresh_every=16,
+                               relative_threshold=0.05)  # fmt: skip
+            D = D0.clone().requires_grad_(True)
+            r0 = x.clone().requires_grad_(True)
+            alpha, recon = replay(D, r0, sel.indices, sel.updated)
+            ((recon * w).sum() + alpha.pow(2).sum()).backward()
+            out.append((sel, alpha.detach(), D.grad, r0.grad))
+        return out
+
+    assert native.library() is not None
+    fast = run()
+    monkeypatch.setenv("SAEKIT_NATIVE", "0")
+    slow = run()
+    for (s1, a1, gD1, gr1), (s2, a2, gD2, gr2) in zip(fast, slow):
+        assert (~s1.updated).any() and s1.updated.any()
+        assert torch.equal(s1.updated, s2.updated)
+        assert torch.equal(s1.indices[s1.updated], s2.indices[s2.updated])
+        torch.testing.assert_close(s1.coefs, s2.coefs, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(a1, a2, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(gD1, gD2, atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(gr1, gr2, atol=1e-3, rtol=1e-4)
 
 
-def test_replay_workspace_reuses_buffers_and_guards_them():
+def test_replay_backward_twice_through_a_retained_graph(backend):
     D0, x = dictionary(64, 12, 15), inputs(16, 12, 16)
     sel = select_atoms(D0, x, 8, "nonneg")
-    loss, D, r0 = _replay_grads(D0, x, sel, None)
-    loss.backward()
-    ref = (D.grad, r0.grad)
-    ws = Workspace()
-    ptrs = set()
-    for _ in range(2):  # forward, backward, forward, backward: one buffer
-        loss, D, r0 = _replay_grads(D0, x, sel, ws)
-        ptrs.add(ws._tensors["replay"].data_ptr())
-        loss.backward()
-        torch.testing.assert_close((D.grad, r0.grad), ref, atol=1e-12, rtol=0)
-    assert len(ptrs) == 1
-    # Two forwards before any backward: the second allocates its own; both stay exact.
-    first, D1, r1 = _replay_grads(D0, x, sel, ws)
-    second, D2, r2 = _replay_grads(D0, x, sel, ws)
-    second.backward()
-    first.backward(retain_graph=True)
-    for g in ((D1.grad, r1.grad), (D2.grad, r2.grad)):
-        torch.testing.assert_close(g, ref, atol=1e-12, rtol=0)
-    # A retained graph whose buffer a later forward took raises instead of going wrong.
-    _replay_grads(D0, x, sel, ws)[0].backward()
-    with pytest.raises(RuntimeError, match="reused by a later forward"):
-        first.backward()
+    D = D0.clone().requires_grad_(True)
+    alpha, recon = replay(D, x, sel.indices, sel.updated)
+    loss = recon.pow(2).sum() + alpha.sum()
+    (first,) = torch.autograd.grad(loss, D, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, D)
+    assert first.abs().sum() > 0
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
 
 
-def test_gram_rebuilt_in_place():
+def test_gram_rebuilt_in_place(backend):
     D = dictionary(300, 16, 17, torch.float32)
     G = gram_matrix(D)
     torch.testing.assert_close(G, D @ D.T, atol=1e-5, rtol=0)
@@ -228,4 +252,74 @@ def test_gram_rebuilt_in_place():
     G2 = gram_matrix(D2, out=G)
     assert G2.data_ptr() == G.data_ptr()
     torch.testing.assert_close(G2, D2 @ D2.T, atol=1e-5, rtol=0)
+    assert torch.equal(G2, G2.T)
+    G64 = gram_matrix(D2.double())
+    torch.testing.assert_close(G64, D2.double() @ D2.double().T, atol=1e-12, rtol=0)
     assert gram_matrix(D2, out=torch.empty(3, 3)).shape == (300, 300)  # wrong shape: new one
+
+
+def test_kernels_split_over_threads_agree_with_one_thread():
+    D0, x = dictionary(500, 32, 19, torch.float32), 2 * inputs(512, 32, 20, torch.float32)
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            sel = select_atoms(D0, x, 24, "abs", method="gram", refresh_every=8)
+            D = D0.clone().requires_grad_(True)
+            alpha, recon = replay(D, x, sel.indices, sel.updated)
+            recon.pow(2).sum().backward()
+        finally:
+            torch.set_num_threads(1)
+        results.append((sel.indices, alpha.detach(), D.grad))
+    (i1, a1, g1), (i2, a2, g2) = results
+    assert native.split_rows(512, lambda *a: None) == 1
+    assert torch.equal(i1, i2) and torch.equal(a1, a2)  # per-sample work: bit-identical
+    torch.testing.assert_close(g1, g2, atol=1e-5, rtol=1e-5)  # summed per worker
+
+
+def test_pursuit_rejects_non_finite_input():
+    D, x = dictionary(64, 8, 21), inputs(4, 8, 22)
+    x[2, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        select_atoms(D, x, 4)
+
+
+def test_without_a_compiler_the_torch_path_runs(tmp_path):
+    """A machine without `cc`: one warning-free fallback to torch, same codes."""
+    code = (
+        "import torch, warnings; warnings.simplefilter('error')\n"
+        "from saekit.sae import native\n"
+        "from saekit.sae.pursuit import select_atoms\n"
+        "assert native.library() is None\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "D = torch.nn.functional.normalize(torch.randn(300, 16, generator=g), dim=1)\n"
+        "x = torch.randn(50, 16, generator=g)\n"
+        "a = select_atoms(D, x, 10, method='gram').indices\n"
+        "b = select_atoms(D, x, 10, method='direct').indices\n"
+        "assert torch.equal(a, b)\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "SAEKIT_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+    assert not (tmp_path / "native").exists()
+
+
+def test_a_failing_build_warns_once_and_falls_back(tmp_path):
+    cc = tmp_path / "cc"
+    cc.write_text("#!/bin/sh\necho 'cc: broken' >&2\nexit 1\n")
+    cc.chmod(0o755)
+    code = (
+        "import warnings\n"
+        "from saekit.sae import native\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    assert native.library() is None and native.library() is None\n"
+        "print(len(w), w[0].message)\n"
+    )
+    env = {**os.environ, "CC": str(cc), "SAEKIT_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("1 saekit: C kernels unavailable, using the torch path")
+    assert "broken" in out.stdout

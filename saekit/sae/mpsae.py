@@ -17,7 +17,6 @@ from saekit.sae.base import SAE, SAEConfig, TrainContext, TrainOutput, reconstru
 from saekit.sae.pursuit import (
     SIGNS,
     Selection,
-    Workspace,
     choose_method,
     correlation_dtype,
     gram_matrix,
@@ -78,12 +77,10 @@ class MPSAE(SAE):
         if not cfg.use_b_pre:
             self.b_dec.requires_grad_(False)  # stays 0; still saved, so files keep one layout
         self._gram: tuple[tuple, torch.Tensor] | None = None
-        self._workspace = Workspace()  # the replay's buffers, kept between training steps
 
     def __getstate__(self) -> dict:
-        """Copies and pickles leave the Gram and the scratch buffers behind."""
-        state = super().__getstate__()
-        return {**state, "_gram": None, "_workspace": Workspace()}
+        """Copies and pickles leave the Gram behind."""
+        return {**super().__getstate__(), "_gram": None}
 
     @property
     def k_aux(self) -> int:
@@ -181,7 +178,7 @@ class MPSAE(SAE):
         T gathered atoms (no dense codes in the graph)."""
         r0 = x - self.b_dec
         sel = self.select(x)
-        alpha, recon = replay(self.W_dec, r0, sel.indices, sel.updated, self._workspace)
+        alpha, recon = replay(self.W_dec, r0, sel.indices, sel.updated)
         x_hat = (recon + self.b_dec).to(x.dtype)
         codes = scatter_codes(alpha.detach(), sel.indices, self.n_latents).to(x.dtype)
         losses = {"mse": reconstruction_loss(x, x_hat)}

@@ -7,32 +7,38 @@ module (mpsae.py), evaluation code and benchmarks share one implementation.
 A training pass splits in two (§3.5):
 1. `select_atoms`: the pursuit without autograd, records J. Either the direct loop
    (c = r Dᵀ every step) or the Gram path (c ← c − α G[j]: one matmul for c⁰ in all).
-2. `replay`: recomputes the coefficients along J with autograd from the T chosen atoms only,
-   through one batched unit lower-triangular solve. Same gradient as backprop through the
-   unrolled loop (J is piecewise constant in both), at O(B·T·d + B·T²) memory.
-`naive_pursuit` is the textbook loop with dense one-hots, kept as the reference for tests and
-benchmarks.
+2. `replay`: recomputes the coefficients along J from the T chosen atoms only, with a
+   hand-written reverse mode. Same gradient as backprop through the unrolled loop (J is
+   piecewise constant in both) at O(B·T·d) time and O(B·d) saved memory.
+On CPU the Gram pursuit and the replay run as C kernels (pursuit_kernels.c via native.py);
+their torch versions here are the fallback and the GPU path. `naive_pursuit` is the textbook
+loop with dense one-hots, kept as the reference for tests and benchmarks.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import scipy.linalg.blas
 import torch
+from threadpoolctl import threadpool_limits
+
+from saekit.sae import native
 
 Sign = Literal["nonneg", "signed", "abs"]
 Method = Literal["auto", "direct", "gram", "gram_rows"]
 SIGNS: tuple[str, ...] = ("nonneg", "signed", "abs")
 
 # Cost of one Gram step per (sample, latent) entry (gather a G row, fused multiply-subtract,
-# argmax) in matmul FLOPs: ~0.9 ns per entry against ~82 GFLOP/s matmuls on one CPU thread
-# (d_in 576, 4,608 latents, batch 1,024). Only used to pick a path.
+# argmax) in matmul FLOPs: ~0.9 ns per entry on the torch path against ~82 GFLOP/s matmuls on
+# one CPU thread (d_in 576, 4,608 latents, batch 1,024); the C kernel's ~0.3 ns makes this
+# conservative. Only used to pick a path.
 _GRAM_ENTRY_FLOPS = 64.0
-# On CPU the Gram path runs the batch in chunks whose correlation rows fit in L2 (~1 MiB),
-# so each step streams one G row per sample instead of several passes over [batch, n_latents].
+# Without the C kernel, the CPU Gram path runs the batch in chunks whose correlation rows fit
+# in L2 (~1 MiB), so each step streams one G row per sample instead of several passes over
+# [batch, n_latents].
 _CHUNK_BYTES = 1 << 20
 # torch.max with indices is ~10x slower than amax on CPU; find the winning block of this many
 # latents with amax, then the index inside it.
@@ -76,69 +82,33 @@ def correlation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @torch.no_grad()
-def gram_matrix(D: torch.Tensor, block: int = 256, out: torch.Tensor | None = None) -> torch.Tensor:
-    """G = D Dᵀ [n_latents, n_latents] in the correlation dtype. Computes the lower block
-    triangle and mirrors it: half the FLOPs of D @ D.T (~30% faster on CPU), exactly
-    symmetric. out: a matrix of that shape and dtype to overwrite (training rebuilds G every
-    step; reusing its memory saves faulting in a fresh one, see `Workspace`)."""
+def gram_matrix(D: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """G = D Dᵀ [n_latents, n_latents] in the correlation dtype, exactly symmetric.
+
+    On CPU, BLAS syrk computes one triangle (half the FLOPs of D @ D.T, on torch's thread
+    count) and a tiled copy mirrors it. out: a matrix of that shape and dtype to overwrite
+    (training rebuilds G every step; reusing its memory saves faulting in ~85 MiB each time).
+    """
     Dc = D.detach().to(correlation_dtype(D.dtype))
     p = Dc.shape[0]
     shape, dtype, device = (p, p), Dc.dtype, Dc.device
     ok = out is not None and (out.shape, out.dtype, out.device) == (shape, dtype, device)
     G = out if ok and out.is_contiguous() else torch.empty(shape, dtype=dtype, device=device)
-    for i in range(0, p, block):
-        cols = Dc[i:] @ Dc[i : i + block].T  # G[i:, i:i+block]
-        G[i:, i : i + block] = cols
-        G[i : i + block, i + block :] = cols[block:].T
+    if device.type != "cpu":
+        return torch.mm(Dc, Dc.T, out=G)
+    syrk = scipy.linalg.blas.ssyrk if dtype == torch.float32 else scipy.linalg.blas.dsyrk
+    with threadpool_limits(torch.get_num_threads(), user_api="blas"):
+        # Column-major lower triangle of Dcᵀ·Dc, written in place = G's row-major upper one.
+        syrk(1.0, Dc.contiguous().numpy().T, trans=1, lower=1, c=G.numpy().T, overwrite_c=1)
+    mirror = native.kernel("mirror_upper", dtype)
+    if mirror is not None:
+        mirror(native.ptr(G), p)
+    else:
+        for i in range(0, p, 256):
+            block = G[i : i + 256, i : i + 256]
+            block.copy_(block.triu() + block.triu(1).T)
+            G[i + 256 :, i : i + 256] = G[i : i + 256, i + 256 :].T
     return G
-
-
-class Workspace:
-    """Scratch tensors kept between training steps by one MP-SAE.
-
-    A fresh CPU tensor above glibc's mmap threshold (32 MiB at most) is mapped anew and
-    page-faulted in on every allocation. At d_in 576, 4,608 latents and batch 1,024 the Gram
-    matrix and the replay's two buffers are ~250 MiB per step, and faulting them in took ~20%
-    of a training step on our busy 2-core machine; reusing them removes that.
-
-    `lend(name, …, owner)` gives a buffer to one autograd node until `release`, or until
-    the node is freed (held by weak reference); a second lender meanwhile gets None and
-    allocates. `holds(name, generation)` tells the node whether its buffer is intact.
-    """
-
-    def __init__(self) -> None:
-        self._tensors: dict[str, torch.Tensor] = {}
-        self._owner: dict[str, Any] = {}  # name -> weakref to the node holding the buffer
-        self._generation: dict[str, int] = {}
-
-    def tensor(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
-               device: torch.device) -> torch.Tensor:  # fmt: skip
-        """A buffer of this shape (contents undefined), reused when it already fits."""
-        t = self._tensors.get(name)
-        if t is None or (tuple(t.shape), t.dtype, t.device) != (tuple(shape), dtype, device):
-            self._tensors.pop(name, None)  # free the old one before allocating
-            t = self._tensors[name] = torch.empty(shape, dtype=dtype, device=device)
-        return t
-
-    def lend(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
-             device: torch.device, owner: Any) -> tuple[torch.Tensor, int] | None:  # fmt: skip
-        ref = self._owner.get(name)
-        if ref is not None and ref() is not None:
-            return None  # still held by a live graph that has not run backward
-        self._owner[name] = weakref.ref(owner)
-        self._generation[name] = self._generation.get(name, 0) + 1
-        return self.tensor(name, shape, dtype, device), self._generation[name]
-
-    def holds(self, name: str, generation: int) -> bool:
-        return self._generation.get(name) == generation
-
-    def release(self, name: str, generation: int) -> None:
-        if self.holds(name, generation):
-            self._owner.pop(name, None)
-
-    def clear(self) -> None:
-        self._tensors.clear()
-        self._owner.clear()
 
 
 def choose_method(
@@ -307,6 +277,8 @@ def select_atoms(
     """
     if sign not in SIGNS:
         raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
+    if not bool(torch.isfinite(r0).all()):
+        raise ValueError("matching pursuit: the input contains NaN or Inf")
     dtype = correlation_dtype(D.dtype)
     Dc = D.detach().to(dtype)
     r = r0.detach().to(dtype).clone()
@@ -325,14 +297,20 @@ def select_atoms(
         torch.zeros(batch, n_steps, dtype=dtype, **kw),
         torch.zeros(batch, n_steps, dtype=torch.bool, **kw),
     )
-    chunk = max(batch, 1)
-    if method == "gram" and r.device.type == "cpu":
-        chunk = max(8, _CHUNK_BYTES // (dtype.itemsize * p))
     abs_sq = None if residual_threshold is None else residual_threshold**2
     refresh = bool(refresh_every) and refresh_every <= n_steps - 1  # type: ignore[operator]
     stops = abs_sq is not None or relative_threshold is not None
     track = method == "direct" or refresh or stops
     c = r @ Dc.T  # c⁰: the one full matmul of the Gram path
+    pursue = native.kernel("mp_pursue", dtype) if method == "gram" else None
+    if pursue is not None and r.device.type == "cpu":
+        assert gram is not None
+        _pursue_native(pursue, Dc, gram.to(dtype), r, c, out, sign, refresh_every if refresh else None,
+                       abs_sq, relative_threshold, track)  # fmt: skip
+        return Selection(*out)
+    chunk = max(batch, 1)
+    if method == "gram" and r.device.type == "cpu":
+        chunk = max(8, _CHUNK_BYTES // (dtype.itemsize * p))
     for start in range(0, batch, chunk):
         rows = slice(start, start + chunk)
         parts = (out[0][rows], out[1][rows], out[2][rows])
@@ -343,124 +321,162 @@ def select_atoms(
     return Selection(*out)
 
 
-class _Replay(torch.autograd.Function):
-    """(I + strictly_lower(S)) α = π with a hand-written backward.
+def _pursue_native(
+    pursue: Any,
+    Dc: torch.Tensor,
+    gram: torch.Tensor,
+    r: torch.Tensor,
+    c: torch.Tensor,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    sign: str,
+    refresh_every: int | None,
+    abs_sq: float | None,
+    rel: float | None,
+    track: bool,
+) -> None:
+    """`_pursue`'s loop for the Gram path in C (pursuit_kernels.c), same semantics: the
+    kernel runs the steps between exact refreshes; the refreshes are batched matmuls here."""
+    indices, coefs, updated = out
+    batch, p = c.shape
+    n_steps = indices.shape[1]
+    e0 = r.pow(2).sum(1) if rel is not None else None
+    finished = torch.zeros(batch, dtype=torch.uint8)
+    flags = updated.view(torch.uint8)
+    gram, Dc = gram.contiguous(), Dc.contiguous()
+    bmax = torch.empty(torch.get_num_threads(), (p + 63) // 64, dtype=c.dtype)
+    mode = SIGNS.index(sign)
+    segment = refresh_every or max(n_steps, 1)
+    for t0 in range(0, n_steps, segment):
+        if t0 > 0:  # exact recompute bounds the incremental drift (§3.5)
+            live = (finished == 0).nonzero().squeeze(1)
+            if live.numel() == 0:
+                break
+            c[live] = r[live] @ Dc.T
 
-    Memory traffic over the gathered atoms dominates on CPU, so everything runs on one
-    buffer E [batch, T + 2, d_in] = (the T atoms, r⁰, ∂L/∂x̂): S and π come from one batched
-    matmul, and ∂A and ∂r⁰ together from another; plain autograd would take ten small ones.
+        def run(start: int, stop: int, worker: int, t0: int = t0) -> None:
+            rows = slice(start, stop)
+            pursue(
+                native.ptr(c[rows]), native.ptr(gram), native.ptr(r[rows]) if track else None,
+                native.ptr(Dc), native.ptr(e0[rows] if e0 is not None else None), stop - start, p, Dc.shape[1], n_steps,
+                t0, min(t0 + segment, n_steps), mode, -1.0 if abs_sq is None else abs_sq,
+                -1.0 if rel is None else rel, native.ptr(indices[rows]),
+                native.ptr(coefs[rows]), native.ptr(flags[rows]), native.ptr(finished[rows]),
+                native.ptr(bmax[worker]),
+            )  # fmt: skip
+
+        native.split_rows(batch, run)
+
+
+class _Replay(torch.autograd.Function):
+    """Coefficients along fixed indices, α_t = m_t ⟨d_{j_t}, r^{t−1}⟩ with
+    r^t = r^{t−1} − α_t d_{j_t}, and x̂ = Σ_t α_t d_{j_t}; backward is reverse mode through
+    that recursion, walking the residual back from r^T. O(B·T·d) time both ways and O(B·d)
+    saved memory (r^T), not the T residuals or T one-hots of autograd through the loop.
+    CPU fp32/fp64 runs the C kernels; otherwise a loop over T in torch (also the reference).
     """
 
     @staticmethod
     def forward(
-        ctx: Any,
-        D: torch.Tensor,
-        r0: torch.Tensor,
-        indices: torch.Tensor,
-        mask: torch.Tensor,
-        workspace: Workspace | None,
+        ctx: Any, D: torch.Tensor, r0: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, T = indices.shape
         dtype = correlation_dtype(D.dtype)
-        Dc = D.to(dtype)
-        # Two placeholder rows per sample, overwritten with r⁰ now and ∂L/∂x̂ in backward.
-        rows = torch.cat([indices, indices[:, :2]], 1).reshape(-1)
-        shape = (rows.shape[0], D.shape[1])
-        lease = workspace.lend("replay", shape, dtype, D.device, ctx) if workspace else None
-        ctx.lease = (workspace, lease[1]) if lease else None
-        if lease:
-            E = torch.index_select(Dc, 0, rows, out=lease[0]).view(batch, T + 2, D.shape[1])
+        Dc, r0c = D.detach().to(dtype).contiguous(), r0.detach().to(dtype).contiguous()
+        indices, mask = indices.contiguous(), mask.to(torch.uint8).contiguous()
+        batch, T = indices.shape
+        alpha = Dc.new_empty(batch, T)
+        recon, r_final = torch.empty_like(r0c), torch.empty_like(r0c)
+        forward = native.kernel("mp_replay_forward", dtype) if Dc.device.type == "cpu" else None
+        if forward is not None:
+
+            def run(start: int, stop: int, worker: int) -> None:
+                rows = slice(start, stop)
+                forward(
+                    native.ptr(Dc), native.ptr(r0c[rows]), native.ptr(indices[rows]),
+                    native.ptr(mask[rows]), stop - start, Dc.shape[1], T,
+                    native.ptr(alpha[rows]), native.ptr(recon[rows]), native.ptr(r_final[rows]),
+                )  # fmt: skip
+
+            native.split_rows(batch, run)
         else:
-            E = Dc.index_select(0, rows).view(batch, T + 2, D.shape[1])
-        E[:, T] = r0.to(dtype)
-        A = E[:, :T]
-        # [S | π]: S_ts = ⟨d_{j_t}, d_{j_s}⟩, π_t = ⟨d_{j_t}, r⁰⟩. Non-updated steps get a zero
-        # row and π_t = 0, so α_t = 0.
-        S_pi = torch.bmm(A, E[:, : T + 1].transpose(1, 2))
-        lower = S_pi[..., :T].tril(-1) * mask.unsqueeze(-1)
-        pi = S_pi[..., T] * mask
-        # unitriangular: the solver takes the diagonal as 1, so `lower` stands for I + lower.
-        alpha = torch.linalg.solve_triangular(
-            lower, pi.unsqueeze(-1), upper=False, unitriangular=True
-        ).squeeze(-1)
-        recon = torch.bmm(alpha.unsqueeze(1), A).squeeze(1)
-        ctx.save_for_backward(lower, alpha, mask, indices)
-        # E is kept outside save_for_backward: backward writes ∂L/∂x̂ into it, which would trip
-        # the saved-tensor version check on a second backward through a retained graph.
-        ctx.E = E
-        ctx.shapes = (D.shape, D.dtype, r0.dtype)
+            r = r_final.copy_(r0c)
+            recon.zero_()
+            for t in range(T):
+                a_t = Dc[indices[:, t]]
+                alpha[:, t] = (a_t * r).sum(1) * mask[:, t]
+                r.addcmul_(a_t, alpha[:, t, None], value=-1)
+                recon.addcmul_(a_t, alpha[:, t, None])
+        ctx.save_for_backward(Dc, r_final, indices, mask, alpha)
+        ctx.shapes = (D.dtype, r0.dtype)
         return alpha, recon
 
     @staticmethod
-    def backward(ctx: Any, g_alpha: torch.Tensor, g_recon: torch.Tensor) -> tuple[Any, ...]:
-        workspace, generation = ctx.lease or (None, 0)
-        if workspace is not None and not workspace.holds("replay", generation):
-            raise RuntimeError(
-                "MP-SAE replay: this graph's workspace buffer was reused by a later forward; "
-                "run backward before the next training forward"
-            )
-        lower, alpha, mask, indices = ctx.saved_tensors
-        E = ctx.E
-        d_shape, d_dtype, r_dtype = ctx.shapes
+    def backward(ctx: Any, g_alpha: torch.Tensor | None, g_recon: torch.Tensor | None) -> tuple[Any, ...]:  # fmt: skip
+        Dc, r_final, indices, mask, alpha = ctx.saved_tensors
+        d_dtype, r_dtype = ctx.shapes
         batch, T = indices.shape
-        A = E[:, :T]
-        g_recon = g_recon.to(E.dtype)
-        E[:, T + 1] = g_recon
-        g_alpha = g_alpha.to(E.dtype) + torch.bmm(A, g_recon.unsqueeze(-1)).squeeze(-1)
-        # α = M⁻¹π with M = I + L  =>  ∂/∂π = M⁻ᵀ g_α = λ,  ∂/∂M = −λ αᵀ (strictly lower part).
-        lam = torch.linalg.solve_triangular(
-            lower.transpose(1, 2), g_alpha.unsqueeze(-1), upper=True, unitriangular=True
-        ).squeeze(-1)
-        g_pi = lam * mask
-        g_lower = -(g_pi.unsqueeze(-1) * alpha.unsqueeze(1)).tril(-1)
-        # Rows t < T: ∂a_t = Σ_s (L' + L'ᵀ)_ts a_s + g_π_t r⁰ + α_t ∂x̂ (from S = A Aᵀ, π = A r⁰
-        # and x̂ = Σ α_t a_t); row T: ∂r⁰ = Σ_t g_π_t a_t. One matmul against E.
-        M = E.new_zeros(batch, T + 1, T + 2)
-        M[:, :T, :T] = g_lower + g_lower.transpose(1, 2)
-        M[:, :T, T] = g_pi
-        M[:, :T, T + 1] = alpha
-        M[:, T, :T] = g_pi
-        if workspace is not None:
-            out = workspace.tensor("replay_grads", (batch, T + 1, E.shape[-1]), E.dtype, E.device)
-            grads = torch.bmm(M, E, out=out)  # [batch, T + 1, d_in]
+        g_recon = (
+            torch.zeros_like(r_final) if g_recon is None else g_recon.to(Dc.dtype).contiguous()
+        )
+        if g_alpha is not None:
+            g_alpha = g_alpha.to(Dc.dtype).contiguous()
+        want_D, want_r0 = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        g_r0 = torch.empty_like(r_final)
+        backward = (
+            native.kernel("mp_replay_backward", Dc.dtype) if Dc.device.type == "cpu" else None
+        )
+        if backward is not None:
+            g_Ds: dict[int, torch.Tensor] = {}
+            scratch = Dc.new_empty(torch.get_num_threads(), 2 * Dc.shape[1])
+
+            def run(start: int, stop: int, worker: int) -> None:
+                rows = slice(start, stop)
+                g_D = g_Ds.setdefault(worker, torch.zeros_like(Dc)) if want_D else None
+                backward(
+                    native.ptr(Dc), native.ptr(r_final[rows]), native.ptr(indices[rows]),
+                    native.ptr(mask[rows]), native.ptr(alpha[rows]), native.ptr(g_recon[rows]),
+                    native.ptr(g_alpha[rows] if g_alpha is not None else None), stop - start,
+                    Dc.shape[1], T, native.ptr(g_D), native.ptr(g_r0[rows]),
+                    native.ptr(scratch[worker]),
+                )  # fmt: skip
+
+            native.split_rows(batch, run)
+            g_D = sum(g_Ds.values()) if want_D else None
         else:
-            grads = torch.bmm(M, E)
-        g_D = g_r0 = None
-        if ctx.needs_input_grad[0]:
-            # Row T of each sample goes to a spare row p, dropped after the scatter.
-            spare = torch.full((batch, 1), d_shape[0], dtype=indices.dtype, device=indices.device)
-            rows = torch.cat([indices, spare], 1).reshape(-1)
-            g_D = E.new_zeros(d_shape[0] + 1, d_shape[1])
-            g_D = g_D.index_add_(0, rows, grads.view(-1, d_shape[1]))[:-1].to(d_dtype)
-        if ctx.needs_input_grad[1]:
-            g_r0 = grads[:, T].to(r_dtype, copy=True)  # grads may be a workspace buffer
-        if workspace is not None:
-            workspace.release("replay", generation)
-        return g_D, g_r0, None, None, None
+            r, rho = r_final.clone(), torch.zeros_like(r_final)
+            g_A = Dc.new_empty(batch, T, Dc.shape[1])
+            for t in reversed(range(T)):
+                a_t, alpha_t = Dc[indices[:, t]], alpha[:, t, None]
+                u = g_recon - rho
+                abar = (a_t * u).sum(1, keepdim=True)
+                if g_alpha is not None:
+                    abar += g_alpha[:, t, None]
+                abar *= mask[:, t, None]
+                r.addcmul_(a_t, alpha_t)  # r^{t−1} = r^t + α_t d_{j_t}
+                torch.addcmul(alpha_t * u, abar, r, out=g_A[:, t])
+                rho.addcmul_(abar, a_t)
+            g_r0 = rho
+            g_D = torch.zeros_like(Dc).index_add_(0, indices.reshape(-1), g_A.view(-1, Dc.shape[1])) if want_D else None  # fmt: skip
+        return (
+            g_D.to(d_dtype) if g_D is not None else None,
+            g_r0.to(r_dtype) if want_r0 else None,
+            None,
+            None,
+        )
 
 
 def replay(
-    D: torch.Tensor,
-    r0: torch.Tensor,
-    indices: torch.Tensor,
-    updated: torch.Tensor,
-    workspace: Workspace | None = None,
+    D: torch.Tensor, r0: torch.Tensor, indices: torch.Tensor, updated: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Differentiable coefficients along a fixed index sequence (§3.5, "replay").
 
-    D [n_latents, d_in], r0 = x − b_pre [batch, d_in], indices/updated [batch, n_steps].
-    With A = D[J] [batch, T, d_in]: π_t = ⟨d_{j_t}, r⁰⟩, S_ts = ⟨d_{j_t}, d_{j_s}⟩ and
-    α_t = π_t − Σ_{s<t} S_ts α_s, i.e. (I + strictly_lower(S)) α = π, which is the MP
-    recursion α_t = ⟨d_{j_t}, r^{t−1}⟩ unrolled. Steps that did not update get α_t = 0 and
-    no gradient.
+    D [n_latents, d_in] (unit rows), r0 = x − b_pre [batch, d_in], indices/updated
+    [batch, n_steps]: α_t = ⟨d_{j_t}, r^{t−1}⟩ along the given indices, the MP recursion with
+    the selection held fixed, so the gradient equals backprop through the unrolled loop (the
+    argmax is piecewise constant). Steps that did not update get α_t = 0 and no gradient.
 
     Returns (α [batch, T], Σ_t α_t d_{j_t} [batch, d_in]), in the correlation dtype.
-    Autograd memory: A and S, not T residuals or one-hots. workspace: keep the large
-    buffers between calls (see `Workspace`); backward must then run before the next call
-    that reuses them, else it raises.
     """
-    mask = updated.to(correlation_dtype(D.dtype))
-    return _Replay.apply(D, r0, indices, mask, workspace)
+    return _Replay.apply(D, r0, indices, updated)
 
 
 def naive_pursuit(
