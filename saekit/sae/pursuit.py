@@ -343,7 +343,7 @@ def _pursue_native(
     finished = torch.zeros(batch, dtype=torch.uint8)
     flags = updated.view(torch.uint8)
     gram, Dc = gram.contiguous(), Dc.contiguous()
-    bmax = torch.empty(torch.get_num_threads(), (p + 63) // 64, dtype=c.dtype)
+    bmax = torch.empty(torch.get_num_threads(), p, dtype=c.dtype)  # >= one max per block
     mode = SIGNS.index(sign)
     segment = refresh_every or max(n_steps, 1)
     for t0 in range(0, n_steps, segment):

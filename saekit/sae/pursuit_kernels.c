@@ -20,7 +20,7 @@
 
 /* Argmax bookkeeping: the row is split in blocks of BLOCK latents whose maxima are kept, so
  * the argmax reads nblk maxima and one block instead of the whole row. */
-#define BLOCK 64
+#define BLOCK 256
 
 enum { NONNEG = 0, SIGNED = 1, ABS = 2 };
 
@@ -84,6 +84,7 @@ static inline int64_t FN(first_argmax)(const REAL *row, const REAL *bmax, int64_
  * Outputs [batch, n_steps]: indices, coefs, updated (columns t0..t1-1 written).
  * finished [batch]: in/out; a finished sample is skipped. A sample finishes at a threshold,
  *   or when its coefficient is 0 (under NONNEG: every correlation <= 0).
+ * bmax: scratch for ceil(p / BLOCK) block maxima.
  */
 void FN(mp_pursue)(REAL *c, const REAL *G, REAL *r, const REAL *D, const REAL *e0,
                    int64_t batch, int64_t p, int64_t d, int64_t n_steps, int64_t t0,
