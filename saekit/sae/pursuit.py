@@ -83,10 +83,10 @@ def correlation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 @torch.no_grad()
 def gram_matrix(D: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """G = D Dᵀ [n_latents, n_latents] in the correlation dtype, exactly symmetric.
+    """G = D Dᵀ [n_latents, n_latents] in the correlation dtype.
 
     On CPU, BLAS syrk computes one triangle (half the FLOPs of D @ D.T, on torch's thread
-    count) and a tiled copy mirrors it. out: a matrix of that shape and dtype to overwrite
+    count) and a tiled copy mirrors it, so G is exactly symmetric; elsewhere one matmul. out: a matrix of that shape and dtype to overwrite
     (training rebuilds G every step; reusing its memory saves faulting in ~85 MiB each time).
     """
     Dc = D.detach().to(correlation_dtype(D.dtype))
