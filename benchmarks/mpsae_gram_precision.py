@@ -44,7 +44,8 @@ def clustered(n: int, d: int, batch: int, g: torch.Generator):
 def adam_drift(x: torch.Tensor, n: int, steps: int) -> float:
     """Median over steps 10.. of the mean per-atom ‖Δd_i‖ of one trainer step."""
     sae = create("mpsae", d_in=x.shape[1], n_latents=n, n_steps=32, seed=0)
-    trainer = Trainer({"mpsae": sae}, _NoStream(x.shape[1], x.shape[0]), TrainConfig(steps=10**9, lr=1e-3, progress_bar=False))  # fmt: skip
+    cfg = TrainConfig(steps=10**9, lr=1e-3, progress_bar=False)
+    trainer = Trainer({"mpsae": sae}, _NoStream(x.shape[1], x.shape[0]), cfg)
     drift = []
     for step in range(steps):
         before = sae.W_dec.detach().clone()
@@ -87,8 +88,9 @@ def main() -> None:
     for steps_old in (0.25, 1, 4):
         eps = steps_old * drift
         noise = torch.randn(n, d, generator=g)
-        old = torch.nn.functional.normalize(D + eps * noise / noise.norm(dim=1, keepdim=True), dim=1)  # fmt: skip
-        row(f"stale Gram, atoms moved {eps:.4f} ({steps_old:g} steps)", method="gram", gram=gram_matrix(old))  # fmt: skip
+        moved = D + eps * noise / noise.norm(dim=1, keepdim=True)
+        old = gram_matrix(torch.nn.functional.normalize(moved, dim=1))
+        row(f"stale Gram, atoms moved {eps:.4f} ({steps_old:g} steps)", method="gram", gram=old)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ def _build(cc: str, version: str, target: Path) -> None:
         objects = []
         for real, suffix in TYPES.values():
             obj = Path(tmp) / f"kernels{suffix}.o"
-            cmd = [cc, *FLAGS, f"-DREAL={real}", f"-DSUFFIX={suffix}", "-c", str(SOURCE), "-o", str(obj)]  # fmt: skip
+            defines = [f"-DREAL={real}", f"-DSUFFIX={suffix}"]
+            cmd = [cc, *FLAGS, *defines, "-c", str(SOURCE), "-o", str(obj)]
             subprocess.run(cmd, check=True, capture_output=True, text=True)
             objects.append(str(obj))
         out = Path(tmp) / "kernels.so"
@@ -112,7 +113,9 @@ def library() -> ctypes.CDLL | None:
 def _declare(lib: ctypes.CDLL) -> None:
     P, I, D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
     for _, suffix in TYPES.values():
-        getattr(lib, f"mp_pursue{suffix}").argtypes = [P, P, P, P, P, I, I, I, I, I, I, ctypes.c_int, D, D, P, P, P, P, P]  # fmt: skip
+        getattr(lib, f"mp_pursue{suffix}").argtypes = [
+            P, P, P, P, P, I, I, I, I, I, I, ctypes.c_int, D, D, P, P, P, P, P
+        ]  # fmt: skip
         getattr(lib, f"mirror_upper{suffix}").argtypes = [P, I]
         getattr(lib, f"mp_replay_forward{suffix}").argtypes = [P, P, P, P, I, I, I, P, P, P]
         getattr(lib, f"mp_replay_backward{suffix}").argtypes = [

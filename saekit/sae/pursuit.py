@@ -86,8 +86,9 @@ def gram_matrix(D: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tenso
     """G = D Dᵀ [n_latents, n_latents] in the correlation dtype.
 
     On CPU, BLAS syrk computes one triangle (half the FLOPs of D @ D.T, on torch's thread
-    count) and a tiled copy mirrors it, so G is exactly symmetric; elsewhere one matmul. out: a matrix of that shape and dtype to overwrite
-    (training rebuilds G every step; reusing its memory saves faulting in ~85 MiB each time).
+    count) and a tiled copy mirrors it, so G is exactly symmetric; elsewhere one matmul.
+    out: a matrix of that shape and dtype to overwrite (training rebuilds G every step;
+    reusing its memory saves faulting in ~85 MiB each time).
     """
     Dc = D.detach().to(correlation_dtype(D.dtype))
     p = Dc.shape[0]
@@ -305,8 +306,10 @@ def select_atoms(
     pursue = native.kernel("mp_pursue", dtype) if method == "gram" else None
     if pursue is not None and r.device.type == "cpu":
         assert gram is not None
-        _pursue_native(pursue, Dc, gram.to(dtype), r, c, out, sign, refresh_every if refresh else None,
-                       abs_sq, relative_threshold, track)  # fmt: skip
+        every = refresh_every if refresh else None
+        _pursue_native(
+            pursue, Dc, gram.to(dtype), r, c, out, sign, every, abs_sq, relative_threshold, track
+        )
         return Selection(*out)
     chunk = max(batch, 1)
     if method == "gram" and r.device.type == "cpu":
@@ -339,7 +342,7 @@ def _pursue_native(
     indices, coefs, updated = out
     batch, p = c.shape
     n_steps = indices.shape[1]
-    e0 = r.pow(2).sum(1) if rel is not None else None
+    e0 = r.pow(2).sum(1) if rel is not None else torch.zeros(batch, dtype=r.dtype)  # unread
     finished = torch.zeros(batch, dtype=torch.uint8)
     flags = updated.view(torch.uint8)
     gram, Dc = gram.contiguous(), Dc.contiguous()
@@ -357,7 +360,7 @@ def _pursue_native(
             rows = slice(start, stop)
             pursue(
                 native.ptr(c[rows]), native.ptr(gram), native.ptr(r[rows]) if track else None,
-                native.ptr(Dc), native.ptr(e0[rows] if e0 is not None else None), stop - start, p, Dc.shape[1], n_steps,
+                native.ptr(Dc), native.ptr(e0[rows]), stop - start, p, Dc.shape[1], n_steps,
                 t0, min(t0 + segment, n_steps), mode, -1.0 if abs_sq is None else abs_sq,
                 -1.0 if rel is None else rel, native.ptr(indices[rows]),
                 native.ptr(coefs[rows]), native.ptr(flags[rows]), native.ptr(finished[rows]),
@@ -410,7 +413,9 @@ class _Replay(torch.autograd.Function):
         return alpha, recon
 
     @staticmethod
-    def backward(ctx: Any, g_alpha: torch.Tensor | None, g_recon: torch.Tensor | None) -> tuple[Any, ...]:  # fmt: skip
+    def backward(
+        ctx: Any, g_alpha: torch.Tensor | None, g_recon: torch.Tensor | None
+    ) -> tuple[Any, ...]:
         Dc, r_final, indices, mask, alpha = ctx.saved_tensors
         d_dtype, r_dtype = ctx.shapes
         batch, T = indices.shape
@@ -455,7 +460,10 @@ class _Replay(torch.autograd.Function):
                 torch.addcmul(alpha_t * u, abar, r, out=g_A[:, t])
                 rho.addcmul_(abar, a_t)
             g_r0 = rho
-            g_D = torch.zeros_like(Dc).index_add_(0, indices.reshape(-1), g_A.view(-1, Dc.shape[1])) if want_D else None  # fmt: skip
+            g_D = None
+            if want_D:
+                flat = g_A.view(-1, Dc.shape[1])
+                g_D = torch.zeros_like(Dc).index_add_(0, indices.reshape(-1), flat)
         return (
             g_D.to(d_dtype) if g_D is not None else None,
             g_r0.to(r_dtype) if want_r0 else None,

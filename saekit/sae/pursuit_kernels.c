@@ -178,7 +178,8 @@ void FN(mp_replay_forward)(const REAL *D, const REAL *r0, const int64_t *indices
  *   g_D[j] += alpha_t (g_recon - rho) + abar r^{t-1}      (d_j feeds recon, r^t and alpha_t)
  *   rho   += abar d_j                                    (r^{t-1} feeds alpha_t and r^t)
  * with r^{t-1} = r^t + alpha_t d_j rebuilt from r_final; g_r0 = rho at the end.
- * g_recon [batch, d] is required (zeros when recon gets no gradient); g_alpha: NULL = zero. g_D [p, d] is accumulated into (NULL: not needed);
+ * g_recon [batch, d] is required (zeros when recon gets no gradient); g_alpha: NULL = zero.
+ * g_D [p, d] is accumulated into (NULL: not needed);
  * g_r0 [batch, d] is written (NULL: not needed). scratch: 2 * d elements. */
 void FN(mp_replay_backward)(const REAL *D, const REAL *r_final, const int64_t *indices,
                             const uint8_t *mask, const REAL *alpha, const REAL *g_recon,
