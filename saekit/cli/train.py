@@ -47,7 +47,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--data",
         help="synthetic:<recipe>[:k=v,...] | model:<name>[@hookpoint] | cache:<dir> "
-        f"(default {DEFAULTS['data']})",
+        "| model:<name>@SOURCE->TARGET for transcoders, e.g. "
+        f"model:default@model.layers.6.mlp:in->out (default {DEFAULTS['data']})",
     )
     p.add_argument(
         "-a", "--architecture", help="architecture name(s), comma-separated (default topk)"
@@ -119,8 +120,12 @@ def resolve(args) -> dict[str, Any]:
     return settings
 
 
-def sweep(settings: dict[str, Any], d_in: int) -> dict[str, tuple[str, dict[str, Any]]]:
-    """name -> (architecture, config fields) for every point of the sweep."""
+def sweep(
+    settings: dict[str, Any], d_in: int, d_out: int | None = None
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """name -> (architecture, config fields) for every point of the sweep. With ``d_out``
+    (paired data: the stream carries a target) every SAE is built with transcode=True and
+    that d_out."""
     from saekit.sae import architectures, get_architecture
 
     archs = [a.strip() for a in str(settings["architecture"]).split(",") if a.strip()]
@@ -144,6 +149,7 @@ def sweep(settings: dict[str, Any], d_in: int) -> dict[str, tuple[str, dict[str,
                 f"option {key!r} does not apply to {', '.join(archs)} "
                 f"(known architectures: {', '.join(architectures())})"
             )
+    target = _transcode_fields(archs, valid, options, d_out)
     runs: dict[str, tuple[str, dict[str, Any]]] = {}
     for arch in archs:
         # "ARCH.KEY" options apply to that architecture only and win over plain "KEY".
@@ -154,9 +160,48 @@ def sweep(settings: dict[str, Any], d_in: int) -> dict[str, tuple[str, dict[str,
             label = "-".join([arch, *(f"{k}{v}" for k, v in chosen.items() if len(mine[k]) > 1)])
             runs[label] = (
                 arch,
-                {"d_in": d_in, "n_latents": n_latents, "seed": settings["seed"], **chosen},
+                {
+                    "d_in": d_in,
+                    "n_latents": n_latents,
+                    "seed": settings["seed"],
+                    **chosen,
+                    **target,
+                },
             )
     return runs
+
+
+def _transcode_fields(
+    archs: list[str], valid: dict[str, set[str]], options: dict[str, list[Any]], d_out: int | None
+) -> dict[str, Any]:
+    """Config fields that make every SAE of the run predict the stream's target, or {}."""
+    from saekit.sae import get_architecture
+
+    asked = [v for k, vals in options.items() if k.rpartition(".")[2] == "transcode" for v in vals]
+    if d_out is None:
+        defaults = [
+            f.default
+            for a in archs
+            for f in fields(get_architecture(a).Config)
+            if f.name == "transcode"
+        ]
+        if any(v is True for v in asked + defaults):
+            raise UsageError(
+                "a transcoder needs paired data (an input and a target): e.g. "
+                "--data model:default@model.layers.6.mlp:in->out"
+            )
+        return {}
+    if any(v is not True for v in asked):
+        raise UsageError(
+            "paired data (SOURCE->TARGET) trains transcoders only: drop transcode=false"
+        )
+    unable = [a for a in archs if not {"transcode", "d_out"} <= valid[a]]
+    if unable:
+        raise UsageError(
+            f"architecture(s) {', '.join(unable)} cannot predict a target (no transcode option); "
+            "paired data (SOURCE->TARGET) needs transcoders"
+        )
+    return {"transcode": True, "d_out": d_out}
 
 
 def prepare_data(settings: dict[str, Any], out: Path) -> str:
@@ -168,6 +213,7 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
     if not spec.startswith("model:") or n <= 0:
         return spec
     from saekit.data.cache import load_manifest, write_cache
+    from saekit.data.hooks import canonical_hookpoint
     from saekit.data.model_stream import default_hookpoint
     from saekit.data.models import load_model_cached
 
@@ -175,6 +221,7 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
     if not at:
         name, hookpoint = spec[len("model:") :], ""
     name = name or "default"
+    hookpoint = canonical_hookpoint(hookpoint)  # a malformed pair fails here, before any load
     from saekit.sae import get_architecture
 
     # g-SAE trains on the downstream-loss gradient: store it beside x (full forward + backward).
@@ -247,7 +294,8 @@ def run(args) -> int:
         trainer = Trainer.resume(out, stream, progress_bar=not args.no_progress)
         print(f"resuming at step {trainer.step} of {trainer.cfg.steps}")
     else:
-        runs = sweep(settings, stream.d_in)
+        # Paired data (model:NAME@SOURCE->TARGET) carry a target: every SAE is a transcoder.
+        runs = sweep(settings, stream.d_in, getattr(stream, "d_out", None))
         saes = {name: get_architecture(a)(make_config(a, **cfg)) for name, (a, cfg) in runs.items()}
         cfg = TrainConfig(
             steps=int(settings["steps"]),
@@ -257,9 +305,10 @@ def run(args) -> int:
             progress_bar=not args.no_progress,
         )
         out.mkdir(parents=True, exist_ok=True)
-        (out / "run.json").write_text(
-            json.dumps({"settings": settings, "saes": runs}, indent=2) + "\n"
-        )
+        record: dict[str, Any] = {"settings": settings, "saes": runs}
+        if "pair" in stream.describe():
+            record["pair"] = stream.describe()["pair"]  # source and target of the transcoders
+        (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
         trainer = Trainer(saes, stream, cfg, out, run_info={"data_spec": settings["train_data"]})
         print(
             f"training {len(saes)} SAE(s): {', '.join(saes)}; {cfg.steps} steps x {stream.batch_size} tokens"
