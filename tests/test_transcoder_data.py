@@ -196,6 +196,22 @@ def test_model_stream_pairs_rows_and_resumes_exactly(model, contexts):
         assert torch.equal(got.extras["target"], want_batch.extras["target"])
 
 
+def test_norm_outliers_of_the_target_drop_the_token_from_both(model, contexts):
+    # one forward for all contexts, so the median the mask uses is the one computed here
+    kw = dict(batch_size=1000, contexts_per_chunk=24, forward_batch=24, loop=False)
+    stream = ModelStream(model, contexts, PAIR, max_norm_factor=1.5, **kw)
+    batch = next(iter(stream))
+    acts = capture(model, contexts.input_ids, contexts.attention_mask, HookPair.parse(PAIR).sites)
+    masks = [
+        token_mask(contexts.input_ids, contexts.attention_mask, contexts.special_ids, True, a, 1.5)
+        for a in acts.values()
+    ]
+    # after the norm, MLP inputs have near-equal norms: only the target's outliers go
+    assert masks[0].sum() == 355 and (masks[0] & masks[1]).sum() == len(batch) == 342
+    want = acts[f"{MLP}:out"][masks[0] & masks[1]]
+    assert torch.equal(_sorted_rows(batch.extras["target"]), _sorted_rows(want))
+
+
 def _sorted_rows(t):
     return t[torch.argsort(t[:, 0] * 1e3 + t[:, 1])]
 

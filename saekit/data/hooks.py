@@ -206,9 +206,9 @@ def capture_hooks(
 ) -> Iterator[None]:
     """Record each site's activation into ``out[site]`` during a forward. A site with a
     ``:in``/``:out`` suffix is read there; a bare module path at ``which``. With ``stop``,
-    the forward is stopped once every site is in (the caller catches nothing: `capture`
-    does); without it the forward runs on and the caller reads ``out`` from later hooks
-    (transcoder splicing), removing entries it has used."""
+    the last recorded site raises a private exception that ends the forward (`capture`
+    catches it); without it the forward runs on, and a later hook reads ``out`` and
+    removes what it used (transcoder splicing: the source feeds the target's replacement)."""
     if which not in ("output", "input"):
         raise ValueError(f"which must be 'output' or 'input', got {which!r}")
     wanted = set(sites)
