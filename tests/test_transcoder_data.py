@@ -455,6 +455,12 @@ def test_evaluate_scores_a_transcoder_on_its_target_and_by_replacing_the_mlp():
     assert sp["ce_spliced"] == pytest.approx(sp["ce_clean"], rel=1e-6)
     assert sp["ce_zero_ablation"] > sp["ce_clean"]
     assert "a transcoder predicts a target" in doc["skipped"]["adaptive"]
+    # a transcoder may declare "target" as a training extra: it is never an encoder input
+    tc.needs_extras = ("target",)
+    small = EvalSettings(("core", "spliced"), 128, corpus=corpus(), spliced_contexts=2, ctx_len=32)
+    doc = evaluate_sae(tc, ModelStream(model, stream.contexts, spec, 128), small)
+    assert doc["skipped"] == {} and doc["core"]["fvu"] < 1e-10
+    del tc.needs_extras
     # a damaged copy: FVU against the target, computed by hand
     with torch.no_grad():
         tc.b_dec.add_(0.5)

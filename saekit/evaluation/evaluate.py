@@ -222,11 +222,12 @@ def _core(run: _Run) -> dict[str, Any]:
     extras: dict[str, list[torch.Tensor]] = {}
     kept = 0
     transcoder = getattr(sae, "is_transcoder", False)
+    needs = _encode_extras(sae)
     for batch in run.stream:
         x = batch.x.float()
         if transcoder and "target" not in batch.extras:
             raise Skip("a transcoder needs a stream with its target (a SOURCE->TARGET spec)")
-        codes = sae.encode(x, **batch.extras) if sae.needs_extras else sae.encode(x)
+        codes = sae.encode(x, **{k: batch.extras[k] for k in needs}) if needs else sae.encode(x)
         x_hat = sae.decode(codes)
         # a transcoder is scored on what it predicts: the target (e.g. the MLP output)
         y = batch.extras["target"].float() if transcoder else x
@@ -236,7 +237,7 @@ def _core(run: _Run) -> dict[str, Any]:
         if kept < run.settings.sample_tokens:
             take = run.settings.sample_tokens - kept
             sample.append(x[:take])
-            if sae.needs_extras:
+            if needs:
                 for name, value in batch.extras.items():
                     extras.setdefault(name, []).append(value[:take])
             kept += len(sample[-1])
@@ -347,7 +348,7 @@ def _spliced(run: _Run) -> dict[str, Any]:
         special_ids=evaluation.special_ids,
     )
     out = {**scores, "n_contexts": len(evaluation), "ctx_len": evaluation.ctx_len}
-    if run.sae.needs_extras:
+    if _encode_extras(run.sae):
         out["inference_mode"] = "topk"
     return {"spliced": out}
 
@@ -356,13 +357,18 @@ def _splice_function(sae: SAE) -> Callable[[torch.Tensor], torch.Tensor]:
     """What replaces the hookpoint activation. A splice has no per-token gradient at hand, so
     g-SAE is evaluated in its plain-TopK inference mode here (`saekit gsae` evaluates the
     gradient mode with gradients it captures)."""
-    if not sae.needs_extras:
+    needs = _encode_extras(sae)
+    if not needs:
         return sae
     if sae.architecture == "gsae":
         return lambda x: sae.decode(sae.encode(x, mode="topk"))
-    raise Skip(
-        f"{sae.architecture} needs per-token extras ({', '.join(sae.needs_extras)}) to encode"
-    )
+    raise Skip(f"{sae.architecture} needs per-token extras ({', '.join(needs)}) to encode")
+
+
+def _encode_extras(sae: SAE) -> tuple[str, ...]:
+    """The Batch extras the SAE's encoder reads. A transcoder's "target" is what it is
+    trained to predict, never an input, so evaluation does not need it to encode."""
+    return tuple(e for e in getattr(sae, "needs_extras", ()) if e != "target")
 
 
 def _adaptive(run: _Run) -> dict[str, Any]:
@@ -372,7 +378,7 @@ def _adaptive(run: _Run) -> dict[str, Any]:
         raise Skip("saekit.evaluation.adaptive is not available") from None
     if run.x_sample is None:
         raise Skip("needs the core group's held-out sample")
-    if run.sae.needs_extras:
+    if _encode_extras(run.sae):
         raise Skip(f"{run.sae.architecture} needs per-token extras to encode")
     _no_transcoder(run, "adaptive")
     return {"adaptive": adaptive_report(run.sae, run.x_sample)}  # raises Skip without a knob
