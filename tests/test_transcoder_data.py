@@ -216,6 +216,12 @@ def _sorted_rows(t):
     return t[torch.argsort(t[:, 0] * 1e3 + t[:, 1])]
 
 
+def test_a_single_site_is_a_module_and_which(model, contexts):
+    stream = ModelStream(model, contexts, f"{MLP}:in", batch_size=8)
+    assert (stream.hookpoint, stream.which, stream.d_out) == (MLP, "input", None)
+    assert "target" not in next(iter(stream)).extras
+
+
 def test_pair_with_a_different_target_width(model, contexts):
     stream = ModelStream(model, contexts, f"{MLP}.up_proj:in->out", batch_size=16)
     batch = next(iter(stream))
@@ -237,7 +243,7 @@ def pair_cache(model, tmp_path_factory):
         model,
         tiny_tokenizer(),
         CORPUS,
-        [f"{MLP}:in->{MLP}", "model.layers.2"],  # a pair beside a plain hookpoint
+        [f"{MLP}:in->{MLP}", "model.layers.2", "model.layers.0:in"],  # beside plain ones
         n_tokens=600,
         shard_tokens=64,
         eval_tokens=100,
@@ -249,7 +255,8 @@ def pair_cache(model, tmp_path_factory):
 
 def test_cache_manifest_and_round_trip_of_the_pair(model, pair_cache):
     manifest = load_manifest(pair_cache)
-    assert list(manifest["hookpoints"]) == [PAIR, "model.layers.2"]
+    assert list(manifest["hookpoints"]) == [PAIR, "model.layers.2", "model.layers.0:in"]
+    assert manifest["hookpoints"]["model.layers.0:in"]["which"] == "input"  # the site says so
     entry = manifest["hookpoints"][PAIR]
     assert entry["source"] == f"{MLP}:in" and entry["target"] == f"{MLP}:out"
     assert (entry["d_in"], entry["d_out"], entry["which"]) == (32, 32, "input")

@@ -371,7 +371,7 @@ def _manifest(
         arrays |= {k: {"dtype": _dtype_name(v), "shape": []} for k, v in META_DTYPES.items()}
         entries[h] = {
             "d_in": d,
-            "which": parse_site(pair["source"])[1] if pair else settings["which"],
+            "which": parse_site(pair["source"] if pair else h, settings["which"])[1],
             **pair,
             "arrays": arrays,
             "splits": {

@@ -70,6 +70,8 @@ class ModelStream:
         self.pair = HookPair.parse(hookpoint) if is_pair(hookpoint) else None
         if self.pair is not None:
             hookpoint, which = str(self.pair), parse_site(self.pair.source)[1]
+        else:  # "M:in" is (M, input): describe() records what was read
+            hookpoint, which = parse_site(hookpoint, which)
         # The sites captured per forward, source first: their columns are concatenated.
         self.sites = list(self.pair.sites) if self.pair is not None else [hookpoint]
         for site in self.sites:
