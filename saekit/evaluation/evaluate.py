@@ -194,7 +194,7 @@ def _core(run: _Run) -> dict[str, Any]:
     kept = 0
     for batch in run.stream:
         x = batch.x.float()
-        codes = sae.encode(x, **batch.extras) if sae.needs_extras else sae.encode(x)
+        codes = sae.encode(x, extras=batch.extras)
         x_hat = sae.decode(codes)
         acc.update(x, x_hat, codes)
         norm_in += x.double().norm(dim=-1).sum().item()
@@ -220,7 +220,7 @@ def _core(run: _Run) -> dict[str, Any]:
         normalized_freq_over_10_percent=density[density > 0.1].sum().item() / mass
         if mass
         else math.nan,
-        **weight_geometry(sae.W_dec, sae.W_enc if sae.has_encoder else None),
+        **weight_geometry(sae.W_dec, getattr(sae, "W_enc", None)),
     )
     run.x_sample = torch.cat(sample) if sample else None
     run.sample_extras = {name: torch.cat(parts) for name, parts in extras.items()}
@@ -303,12 +303,14 @@ def _spliced(run: _Run) -> dict[str, Any]:
 
 def _splice_function(sae: SAE) -> Callable[[torch.Tensor], torch.Tensor]:
     """What replaces the hookpoint activation. A splice has no per-token gradient at hand, so
-    g-SAE is evaluated in its plain-TopK inference mode here (`saekit gsae` evaluates the
-    gradient mode with gradients it captures)."""
+    a gradient-guided SAE is evaluated through its TopK view here (`saekit gsae` evaluates the
+    gradient rule with gradients it captures)."""
     if not sae.needs_extras:
         return sae
-    if sae.architecture == "gsae":
-        return lambda x: sae.decode(sae.encode(x, mode="topk"))
+    if "k" in sae.knobs:
+        from saekit.sae.selectors import TopK
+
+        return sae.with_selector(TopK())
     raise Skip(
         f"{sae.architecture} needs per-token extras ({', '.join(sae.needs_extras)}) to encode"
     )
