@@ -222,12 +222,11 @@ def _core(run: _Run) -> dict[str, Any]:
     extras: dict[str, list[torch.Tensor]] = {}
     kept = 0
     transcoder = getattr(sae, "is_transcoder", False)
-    needs = _encode_extras(sae)
     for batch in run.stream:
         x = batch.x.float()
         if transcoder and "target" not in batch.extras:
             raise Skip("a transcoder needs a stream with its target (a SOURCE->TARGET spec)")
-        codes = sae.encode(x, **{k: batch.extras[k] for k in needs}) if needs else sae.encode(x)
+        codes = sae.encode(x, extras=batch.extras)
         x_hat = sae.decode(codes)
         # a transcoder is scored on what it predicts: the target (e.g. the MLP output)
         y = batch.extras["target"].float() if transcoder else x
@@ -237,7 +236,7 @@ def _core(run: _Run) -> dict[str, Any]:
         if kept < run.settings.sample_tokens:
             take = run.settings.sample_tokens - kept
             sample.append(x[:take])
-            if needs:
+            if sae.needs_extras:
                 for name, value in batch.extras.items():
                     extras.setdefault(name, []).append(value[:take])
             kept += len(sample[-1])
@@ -276,7 +275,7 @@ def _geometry(sae: SAE, transcoder: bool) -> dict[str, float]:
     """Weight cosines. A transcoder's encoder rows and decoder atoms live in different spaces
     (its input and its target), so enc_dec_cos is not defined for it."""
     if not transcoder:
-        return weight_geometry(sae.W_dec, sae.W_enc if sae.has_encoder else None)
+        return weight_geometry(sae.W_dec, getattr(sae, "W_enc", None))
     out = weight_geometry(sae.W_dec)
     if getattr(sae, "W_enc", None) is not None:
         out["enc_max_cos"] = max_cos_to_others(sae.W_enc).double().mean().item()
@@ -348,27 +347,24 @@ def _spliced(run: _Run) -> dict[str, Any]:
         special_ids=evaluation.special_ids,
     )
     out = {**scores, "n_contexts": len(evaluation), "ctx_len": evaluation.ctx_len}
-    if _encode_extras(run.sae):
+    if run.sae.needs_extras:
         out["inference_mode"] = "topk"
     return {"spliced": out}
 
 
 def _splice_function(sae: SAE) -> Callable[[torch.Tensor], torch.Tensor]:
     """What replaces the hookpoint activation. A splice has no per-token gradient at hand, so
-    g-SAE is evaluated in its plain-TopK inference mode here (`saekit gsae` evaluates the
-    gradient mode with gradients it captures)."""
-    needs = _encode_extras(sae)
-    if not needs:
+    a gradient-guided SAE is evaluated through its TopK view here (`saekit gsae` evaluates the
+    gradient rule with gradients it captures)."""
+    if not sae.needs_extras:
         return sae
-    if sae.architecture == "gsae":
-        return lambda x: sae.decode(sae.encode(x, mode="topk"))
-    raise Skip(f"{sae.architecture} needs per-token extras ({', '.join(needs)}) to encode")
+    if "k" in sae.knobs:
+        from saekit.sae.selectors import TopK
 
-
-def _encode_extras(sae: SAE) -> tuple[str, ...]:
-    """The Batch extras the SAE's encoder reads. A transcoder's "target" is what it is
-    trained to predict, never an input, so evaluation does not need it to encode."""
-    return tuple(e for e in getattr(sae, "needs_extras", ()) if e != "target")
+        return sae.with_selector(TopK())
+    raise Skip(
+        f"{sae.architecture} needs per-token extras ({', '.join(sae.needs_extras)}) to encode"
+    )
 
 
 def _adaptive(run: _Run) -> dict[str, Any]:
@@ -378,7 +374,7 @@ def _adaptive(run: _Run) -> dict[str, Any]:
         raise Skip("saekit.evaluation.adaptive is not available") from None
     if run.x_sample is None:
         raise Skip("needs the core group's held-out sample")
-    if _encode_extras(run.sae):
+    if run.sae.needs_extras:
         raise Skip(f"{run.sae.architecture} needs per-token extras to encode")
     _no_transcoder(run, "adaptive")
     return {"adaptive": adaptive_report(run.sae, run.x_sample)}  # raises Skip without a knob

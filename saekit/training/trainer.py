@@ -1,8 +1,9 @@
 """One trainer for every architecture, and for several SAEs on one activation stream.
 
 Per step and per SAE: training_forward -> summed loss -> backward -> radial decoder
-gradient removed (unit-norm architectures) -> clip -> Adam -> LR schedule -> atoms
-renormalised -> inference calibration -> dead-latent counters. Inputs are scaled so that
+gradient removed (unit-norm architectures) -> clip -> Adam -> LR schedule -> constraints
+(unit atoms, thresholds) -> inference calibration -> dead-latent counters. Coders built
+without gradients (ITDA) learn inside training_forward and skip the optimiser. Inputs are scaled so that
 E||x|| = sqrt(d_in); the scale is folded into the weights when saving.
 """
 
@@ -79,8 +80,9 @@ class Member:
 
     name: str
     sae: SAE
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    # None for coders built without gradients (ITDA grows its dictionary from the data).
+    optimizer: torch.optim.Optimizer | None
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None
     tokens_since_fired: torch.Tensor
     last: dict[str, float] = field(default_factory=dict)
 
@@ -122,10 +124,13 @@ class Trainer:
 
     # ---- construction ------------------------------------------------------------------------
     def _member(self, name: str, sae: SAE) -> Member:
+        counters = torch.zeros(sae.n_latents, dtype=torch.int64)
+        if not sae.learns_by_gradient:
+            return Member(name, sae, None, None, counters)
         lr = self.cfg.lr if self.cfg.lr is not None else default_lr(sae.n_latents)
         opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=self.cfg.betas)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, self.cfg))
-        return Member(name, sae, opt, sched, torch.zeros(sae.n_latents, dtype=torch.int64))
+        return Member(name, sae, opt, sched, counters)
 
     def _next_batch(self) -> Batch:
         if self._batches is None:
@@ -143,6 +148,8 @@ class Trainer:
             )
         x = batch.x.float() * self.scale
         extras = dict(batch.extras)
+        if "target" in extras:  # transcoders: input and target share one scale (exact folding)
+            extras["target"] = extras["target"].float() * self.scale
         if "grad" in extras:
             # d loss / d(s·x) = (d loss / dx) / s: keep the gradient in the scaled coordinates.
             extras["grad"] = extras["grad"].float() / self.scale
@@ -150,20 +157,33 @@ class Trainer:
 
     @torch.no_grad()
     def _initialise(self) -> None:
-        sample = torch.cat([self._next_batch().x for _ in range(max(1, self.cfg.init_batches))])
+        batches = [self._next_batch() for _ in range(max(1, self.cfg.init_batches))]
+        sample = torch.cat([b.x for b in batches])
         if self.cfg.normalise_inputs:
             self.scale = input_scale(sample)
-            sample = sample * self.scale
-        if self.cfg.init_b_dec == "geometric_median":
-            b = geometric_median(sample)
-        elif self.cfg.init_b_dec == "mean":
-            b = sample.mean(0)
-        else:
-            b = torch.zeros(sample.shape[1])
+        biases: dict[str, torch.Tensor] = {}  # computed once per space, shared by members
         for m in self.members:
-            if m.sae.b_dec.requires_grad:  # a frozen bias (e.g. MP-SAE without b_pre) stays 0
-                m.sae.b_dec.copy_(b)
+            # b_dec lives where the SAE reconstructs: the input, or a transcoder's target.
+            # A bias kept at 0 (MP-SAE without b_pre) is left alone.
+            if not m.sae.dictionary.bias_from_data:
+                continue
+            space = "target" if m.sae.is_transcoder else "x"
+            if space not in biases:
+                data = (
+                    torch.cat([b.extras["target"] for b in batches])
+                    if space == "target"
+                    else sample
+                )
+                biases[space] = self._initial_bias(data.float() * self.scale)
+            m.sae.b_dec.copy_(biases[space])
         self.initialised = True
+
+    def _initial_bias(self, sample: torch.Tensor) -> torch.Tensor:
+        if self.cfg.init_b_dec == "geometric_median":
+            return geometric_median(sample)
+        if self.cfg.init_b_dec == "mean":
+            return sample.mean(0)
+        return torch.zeros(sample.shape[1])
 
     # ---- the loop ----------------------------------------------------------------------------
     def train_step(self, batch: Batch) -> None:
@@ -175,14 +195,8 @@ class Trainer:
             ctx = TrainContext(dead_mask=dead, progress=progress, extras=batch.extras)
             out = m.sae.training_forward(batch.x, ctx)
             loss = sum(out.losses.values())
-            m.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            m.sae.remove_parallel_decoder_grad()
-            if self.cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(m.sae.parameters(), self.cfg.grad_clip)
-            m.optimizer.step()
-            m.scheduler.step()
-            m.sae.normalise_decoder()
+            if m.optimizer is not None:
+                self._update(m, loss)
             m.sae.calibrate(out.codes)
             fired = out.codes.any(0)
             m.tokens_since_fired += len(batch)
@@ -190,6 +204,17 @@ class Trainer:
             if log_now:
                 m.last = self._step_metrics(batch.x, out, loss, dead, m)
         self.step += 1
+
+    def _update(self, m: Member, loss: torch.Tensor) -> None:
+        """Backward, radial decoder gradient removed, clip, Adam, schedule, constraints."""
+        m.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        m.sae.remove_parallel_decoder_grad()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(m.sae.parameters(), self.cfg.grad_clip)
+        m.optimizer.step()
+        m.scheduler.step()
+        m.sae.after_optimizer_step()
 
     @staticmethod
     @torch.no_grad()
@@ -201,7 +226,7 @@ class Trainer:
             "fvu": float(err / var),
             "l0": float((out.codes != 0).sum(-1).float().mean()),
             "dead_frac": float(dead.float().mean()),
-            "lr": m.scheduler.get_last_lr()[0],
+            "lr": m.scheduler.get_last_lr()[0] if m.scheduler is not None else 0.0,
         }
         row.update({f"loss_{k}": float(v) for k, v in out.losses.items()})
         row.update(out.stats)
@@ -253,7 +278,7 @@ class Trainer:
     def _finalise(self, tokens: int = 16384) -> None:
         """Inference calibration on fresh batches with the final weights (after the last
         checkpoint, so a resumed run reads the same batches)."""
-        members = [m for m in self.members if type(m.sae).finalise is not SAE.finalise]
+        members = [m for m in self.members if m.sae.needs_finalise]
         if not members:
             return
         n_batches = max(1, tokens // self.stream.batch_size)
@@ -297,6 +322,7 @@ class Trainer:
         sae = copy.deepcopy(member.sae).eval()
         sae.fold_input_scale(self.scale)
         sae.fold_decoder_norms()
+        sae.compact()
         return sae
 
     def save_saes(self) -> dict[str, Path]:
@@ -333,8 +359,8 @@ class Trainer:
                     "name": m.name,
                     "sae_config": m.sae.config_dict(),
                     "model": m.sae.state_dict(),
-                    "optimizer": m.optimizer.state_dict(),
-                    "scheduler": m.scheduler.state_dict(),
+                    "optimizer": m.optimizer.state_dict() if m.optimizer else None,
+                    "scheduler": m.scheduler.state_dict() if m.scheduler else None,
                     "tokens_since_fired": m.tokens_since_fired,
                     "last": m.last,
                 }
@@ -368,8 +394,9 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         for m, ms in zip(trainer.members, state["members"], strict=True):
             m.sae.load_state_dict(ms["model"])
-            m.optimizer.load_state_dict(ms["optimizer"])
-            m.scheduler.load_state_dict(ms["scheduler"])
+            if m.optimizer is not None:
+                m.optimizer.load_state_dict(ms["optimizer"])
+                m.scheduler.load_state_dict(ms["scheduler"])
             m.tokens_since_fired.copy_(ms["tokens_since_fired"])
             m.last = ms["last"]
         return trainer
