@@ -27,6 +27,7 @@ from saekit.data.hooks import (
 from saekit.data.model_stream import ModelStream
 from saekit.evaluation.evaluate import EvalSettings, ModelSource, evaluate_sae, model_source
 from saekit.evaluation.spliced import estimate_mean_activation, spliced_metrics
+from saekit.sae import create
 
 MLP = "model.layers.1.mlp"
 PAIR = f"{MLP}:in->out"
@@ -44,36 +45,20 @@ def contexts():
     return tokenize_corpus(tiny_tokenizer(), CORPUS, 24, 16, "train")
 
 
-class StandInTranscoder(nn.Module):
-    """An exact copy of a linear map y = x W^T + b as a ReLU transcoder: codes =
-    ReLU([x; -x]) (2 d_in latents, every sign kept), y_hat = codes @ [W^T; -W^T] + b.
-    Stands in for saekit.sae's transcoder until it lands; same inference surface."""
-
-    is_transcoder = True
-    architecture = "stand-in-transcoder"
-    needs_extras = ()
-    has_encoder = True
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        d = linear.in_features
-        w = linear.weight.detach().float()
-        b = linear.bias.detach().float() if linear.bias is not None else torch.zeros(len(w))
-        self.W_enc = nn.Parameter(torch.cat([torch.eye(d), -torch.eye(d)]), requires_grad=False)
-        self.b_enc = nn.Parameter(torch.zeros(2 * d), requires_grad=False)
-        self.W_dec = nn.Parameter(torch.cat([w.T, -w.T]), requires_grad=False)
-        self.b_dec = nn.Parameter(b.clone(), requires_grad=False)
-        self.d_in, self.n_latents, self.d_out = d, 2 * d, len(w)
-        self.cfg = type("Cfg", (), {"to_dict": lambda _self: {"d_out": len(w)}})()
-
-    def encode(self, x):
-        return torch.relu(x @ self.W_enc.T + self.b_enc)
-
-    def decode(self, codes):
-        return codes @ self.W_dec + self.b_dec
-
-    def forward(self, x):
-        return self.decode(self.encode(x))
+def copy_transcoder(linear: nn.Linear):
+    """saekit's TopK transcoder made an exact copy of a linear map y = x W^T + b: W_enc =
+    [I; -I] (2 d_in latents, all kept: k = n_latents), so the codes are ReLU([x; -x]), and
+    W_dec = [W^T; -W^T], b_dec = b give codes @ W_dec + b_dec = x W^T + b."""
+    d, w = linear.in_features, linear.weight.detach().float()
+    b = linear.bias.detach().float() if linear.bias is not None else torch.zeros(len(w))
+    sae = create("transcoder", d_in=d, n_latents=2 * d, d_out=len(w), k=2 * d, transcode=True)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([torch.eye(d), -torch.eye(d)]))
+        sae.b_enc.zero_()
+        sae.W_dec.copy_(torch.cat([w.T, -w.T]))
+        sae.b_dec.copy_(b)
+    assert sae.is_transcoder
+    return sae.eval()
 
 
 def seeded_linear(d_in, d_out, seed, scale=0.3):
@@ -387,7 +372,7 @@ def test_a_copy_of_the_mlp_spliced_in_gives_the_clean_loss(linear_mlp_model):
     mean = estimate_mean_activation(m, *random_batch(3, 14, seed=9), PAIR)
     # the mean used for mean ablation is the target's (the MLP output), not the input's
     assert torch.equal(mean, estimate_mean_activation(m, *random_batch(3, 14, seed=9), MLP))
-    copy_ = StandInTranscoder(m.model.layers[1].mlp)
+    copy_ = copy_transcoder(m.model.layers[1].mlp)
     out = spliced_metrics(m, ids, am, PAIR, copy_, mean, batch_size=2)
     assert out["ce_spliced"] == pytest.approx(out["ce_clean"], rel=1e-6)
     assert abs(out["kl_spliced"]) < 1e-7 and out["ce_loss_score"] == pytest.approx(1, abs=1e-4)
@@ -403,7 +388,7 @@ def test_the_splice_replaces_the_mlp_output_by_the_prediction(linear_mlp_model):
     m = linear_mlp_model
     ids, am = random_batch(3, 12, seed=6)
     other = seeded_linear(32, 32, seed=2, scale=0.5)
-    out = spliced_metrics(m, ids, am, PAIR, StandInTranscoder(other), exclude_first=False)
+    out = spliced_metrics(m, ids, am, PAIR, copy_transcoder(other), exclude_first=False)
     swapped = copy.deepcopy(m)
     swapped.model.layers[1].mlp = other
     clean_swapped = spliced_metrics(swapped, ids, am, MLP, lambda x: x, exclude_first=False)
@@ -415,7 +400,7 @@ def test_transcoder_splice_on_the_real_mlp_with_a_wider_target(model):
     # up_proj: 32 -> 64, inside the real LlamaMLP; a copy of it keeps the clean loss
     ids, am = random_batch(3, 12, seed=8)
     up = model.model.layers[1].mlp.up_proj
-    out = spliced_metrics(model, ids, am, f"{MLP}.up_proj:in->out", StandInTranscoder(up))
+    out = spliced_metrics(model, ids, am, f"{MLP}.up_proj:in->out", copy_transcoder(up))
     assert out["ce_spliced"] == pytest.approx(out["ce_clean"], rel=1e-6)
     # a source that runs after the target cannot feed it
     with pytest.raises(RuntimeError, match="must come before the target"):
@@ -444,7 +429,7 @@ def test_evaluate_scores_a_transcoder_on_its_target_and_by_replacing_the_mlp():
     model, tok = source.load()
     spec = f"{MLP}.up_proj:in->out"
     stream = ModelStream(model, tokenize_corpus(tok, corpus(), 12, 32, "heldout"), spec, 128)
-    tc = StandInTranscoder(copy.deepcopy(get_module(model, f"{MLP}.up_proj")))
+    tc = copy_transcoder(copy.deepcopy(get_module(model, f"{MLP}.up_proj")))
     tc.metadata = {"data": stream.describe() | {"model": {"name": str(model_dir())}}}
     settings = EvalSettings(
         groups=("core", "spliced", "adaptive"),
@@ -462,12 +447,6 @@ def test_evaluate_scores_a_transcoder_on_its_target_and_by_replacing_the_mlp():
     assert sp["ce_spliced"] == pytest.approx(sp["ce_clean"], rel=1e-6)
     assert sp["ce_zero_ablation"] > sp["ce_clean"]
     assert "a transcoder predicts a target" in doc["skipped"]["adaptive"]
-    # a transcoder may declare "target" as a training extra: it is never an encoder input
-    tc.needs_extras = ("target",)
-    small = EvalSettings(("core", "spliced"), 128, corpus=corpus(), spliced_contexts=2, ctx_len=32)
-    doc = evaluate_sae(tc, ModelStream(model, stream.contexts, spec, 128), small)
-    assert doc["skipped"] == {} and doc["core"]["fvu"] < 1e-10
-    del tc.needs_extras
     # a damaged copy: FVU against the target, computed by hand
     with torch.no_grad():
         tc.b_dec.add_(0.5)
@@ -513,18 +492,47 @@ def test_sweep_builds_transcoders_only_from_paired_data():
     from saekit.cli.common import UsageError
     from saekit.cli.train import DEFAULTS, sweep
 
-    with pytest.raises(UsageError, match="topk cannot predict a target"):
-        sweep(dict(DEFAULTS, architecture="topk"), 32, d_out=64)
-    assert sweep(dict(DEFAULTS, architecture="topk"), 32)["topk"][1]["d_in"] == 32
+    runs = sweep(dict(DEFAULTS, architecture="transcoder,topk"), 32, d_out=64)
+    for arch in ("transcoder", "topk"):  # any encoder architecture becomes a transcoder
+        assert runs[arch][1] | {"seed": 0} == {
+            "d_in": 32,
+            "n_latents": 256,
+            "seed": 0,
+            "k": 32,
+            "transcode": True,
+            "d_out": 64,
+        }
+    with pytest.raises(UsageError, match="mpsae cannot predict a target"):
+        sweep(dict(DEFAULTS, architecture="mpsae", k=None), 32, d_out=64)
+    with pytest.raises(UsageError, match="drop transcode=false"):
+        sweep(dict(DEFAULTS, architecture="topk", option=["transcode=false"]), 32, d_out=64)
+    for arch, option in (("transcoder", []), ("topk", ["transcode=true"])):
+        with pytest.raises(UsageError, match="a transcoder needs paired data"):
+            sweep(dict(DEFAULTS, architecture=arch, option=option), 32)
+    assert "transcode" not in sweep(dict(DEFAULTS, architecture="topk"), 32)["topk"][1]
 
 
-needs_transcoder = pytest.mark.skipif(
-    "transcoder" not in __import__("saekit.sae", fromlist=["x"]).architectures(),
-    reason="saekit.sae has no 'transcoder' architecture yet (lead's SAE classes)",
-)
+def test_trainer_logs_a_transcoders_error_against_its_wider_target(model, contexts):
+    """d_out != d_in (up_proj: 32 -> 64): training runs, and the logged FVU is the
+    prediction's against the target, computed here by hand for the same step."""
+    from saekit.sae.base import TrainContext
+    from saekit.training.trainer import TrainConfig, Trainer
+
+    stream = ModelStream(model, contexts, f"{MLP}.up_proj:in->out", batch_size=64)
+    tc = create("transcoder", d_in=32, n_latents=64, d_out=64, k=4, transcode=True)
+    trainer = Trainer({"tc": tc}, stream, TrainConfig(steps=5, log_every=1, progress_bar=False))
+    trainer._initialise()
+    batch = trainer._next_batch()
+    before = copy.deepcopy(tc)
+    trainer.train_step(batch)
+    with torch.no_grad():
+        y_hat = before.training_forward(batch.x, TrainContext(extras=batch.extras)).x_hat
+    y = batch.extras["target"]
+    want = (y_hat - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum()
+    assert y_hat.shape == (64, 64)
+    assert trainer.members[0].last["fvu"] == pytest.approx(float(want), rel=1e-5)
 
 
-@needs_transcoder
 def test_train_a_transcoder_end_to_end(tmp_path, capsys):
     from eval_helpers import model_dir
 
@@ -538,12 +546,25 @@ def test_train_a_transcoder_end_to_end(tmp_path, capsys):
     assert rc == 0, io.err
     run = json.loads((out / "run.json").read_text())
     assert run["pair"]["source"] == f"{MLP}:in" and run["pair"]["d_out"] == 32
+    assert run["settings"]["train_data"] == f"cache:{out / 'activations'}@{PAIR}"
     _, cfg = run["saes"]["transcoder"]
     assert cfg["transcode"] is True and cfg["d_out"] == 32
     sae = load(out / "saes" / "transcoder")
-    assert getattr(sae, "is_transcoder", False)
+    assert sae.is_transcoder and sae.W_dec.shape == (256, 32)
     assert sae.metadata["data"]["hookpoint"] == PAIR
+    assert sae.metadata["data"]["pair"]["target"] == f"{MLP}:out"
     assert model_source(sae).target == f"{MLP}:out"
     ev = json.loads((out / "saes" / "transcoder" / "eval.json").read_text())
-    assert 0 < ev["core"]["fvu"] < 1  # against the MLP output, better than its mean
-    assert ev["spliced"]["ce_clean"] < ev["spliced"]["ce_zero_ablation"]
+    # core FVU is the saved transcoder's error on the MLP OUTPUT of the first 512 held-out
+    # tokens, as computed here by hand from the paired cache
+    stream = open_stream(run["settings"]["train_data"], 128, seed=0, split="eval")
+    batches = [b for _, b in zip(range(4), stream)]
+    x = torch.cat([b.x for b in batches])
+    y = torch.cat([b.extras["target"] for b in batches]).double()
+    with torch.no_grad():
+        err = (sae(x).double() - y).pow(2).sum()
+    assert ev["core"]["fvu"] == pytest.approx(float(err / (y - y.mean(0)).pow(2).sum()), rel=1e-6)
+    # spliced: the MLP replaced by the transcoder, against the MLP zero-ablated
+    sp = ev["spliced"]
+    assert sp["ce_zero_ablation"] != sp["ce_clean"] and sp["ce_spliced"] != sp["ce_clean"]
+    assert ev["data"]["model_source"]["target"] == f"{MLP}:out"
