@@ -202,7 +202,9 @@ class Trainer:
             m.tokens_since_fired += len(batch)
             m.tokens_since_fired[fired] = 0
             if log_now:
-                m.last = self._step_metrics(batch.x, out, loss, dead, m)
+                # a transcoder's x_hat predicts its target, [batch, d_out]: score it there
+                y = batch.extras["target"] if m.sae.is_transcoder else batch.x
+                m.last = self._step_metrics(y, out, loss, dead, m)
         self.step += 1
 
     def _update(self, m: Member, loss: torch.Tensor) -> None:
