@@ -494,7 +494,7 @@ def test_sweep_builds_transcoders_only_from_paired_data():
 
     runs = sweep(dict(DEFAULTS, architecture="transcoder,topk"), 32, d_out=64)
     for arch in ("transcoder", "topk"):  # any encoder architecture becomes a transcoder
-        assert runs[arch][1] | {"seed": 0} == {
+        assert runs[arch][1] == {
             "d_in": 32,
             "n_latents": 256,
             "seed": 0,
@@ -502,8 +502,12 @@ def test_sweep_builds_transcoders_only_from_paired_data():
             "transcode": True,
             "d_out": 64,
         }
+    # a JumpReLU transcoder (no k: the default k does not get in the way)
+    runs = sweep(dict(DEFAULTS, architecture="jumprelu", option=["transcode=true"]), 32, 64)
+    cfg = runs["jumprelu"][1]
+    assert cfg["transcode"] is True and cfg["d_out"] == 64 and "k" not in cfg
     with pytest.raises(UsageError, match="mpsae cannot predict a target"):
-        sweep(dict(DEFAULTS, architecture="mpsae", k=None), 32, d_out=64)
+        sweep(dict(DEFAULTS, architecture="mpsae"), 32, d_out=64)
     with pytest.raises(UsageError, match="drop transcode=false"):
         sweep(dict(DEFAULTS, architecture="topk", option=["transcode=false"]), 32, d_out=64)
     for arch, option in (("transcoder", []), ("topk", ["transcode=true"])):

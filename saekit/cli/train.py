@@ -132,10 +132,13 @@ def sweep(
     for a in archs:
         get_architecture(a)  # unknown names fail here, listing the valid ones
     options = parse_options(list(settings["option"]))
-    if settings["k"] is not None:
+    valid = {a: {f.name for f in fields(get_architecture(a).Config)} for a in archs}
+    # The default k only concerns architectures that have one: `-a jumprelu` (or a JumpReLU
+    # transcoder, -o transcode=true) must not fail on it.
+    has_k = any("k" in v for v in valid.values())
+    if settings["k"] is not None and (has_k or settings["k"] != DEFAULTS["k"]):
         options["k"] = [int(v) for v in str(settings["k"]).split(",")]
     n_latents = int(settings["n_latents"] or 8 * d_in)
-    valid = {a: {f.name for f in fields(get_architecture(a).Config)} for a in archs}
     for key in options:
         arch, dot, field = key.rpartition(".")
         if dot and arch not in archs:
