@@ -710,15 +710,9 @@ class CacheStream:
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest
-        entry = m["hookpoints"][self.hookpoint]
         pair = {}
         if self.d_out is not None:
-            pair["pair"] = {
-                "source": entry["source"],
-                "target": entry["target"],
-                "d_in": self.d_in,
-                "d_out": self.d_out,
-            }
+            pair["pair"] = HookPair.parse(self.hookpoint).describe(self.d_in, self.d_out)
         return {
             "source": "cache",
             "path": str(self.root),

@@ -122,6 +122,10 @@ class HookPair:
     def sites(self) -> tuple[str, str]:
         return self.source, self.target
 
+    def describe(self, d_in: int, d_out: int | None) -> dict[str, Any]:
+        """The ``pair`` entry of a stream's describe(): where x and extras["target"] come from."""
+        return {"source": self.source, "target": self.target, "d_in": d_in, "d_out": d_out}
+
     def __str__(self) -> str:
         (sm, sw), (tm, tw) = parse_site(self.source), parse_site(self.target)
         src = sm + (":in" if sw == "input" else "")

@@ -200,13 +200,8 @@ class ModelStream:
             },
         }
         if self.pair is not None:
-            out["pair"] = describe_pair(self.pair, self.d_in, self.d_out)
+            out["pair"] = self.pair.describe(self.d_in, self.d_out)
         return out
-
-
-def describe_pair(pair: HookPair, d_in: int, d_out: int | None) -> dict[str, Any]:
-    """The pair entry of a stream's describe(): where x and extras["target"] come from."""
-    return {"source": pair.source, "target": pair.target, "d_in": d_in, "d_out": d_out}
 
 
 def default_hookpoint(model: nn.Module) -> str:
