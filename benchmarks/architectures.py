@@ -31,8 +31,10 @@ from saekit.training.trainer import TrainConfig, Trainer
 
 RESULTS = Path(__file__).parent / "results"
 L1_COEFFS = (1.0, 3.0, 10.0)  # ReLU and Gated: no L0 knob
-# Architectures benchmarked elsewhere or needing a paired cache.
+# Architectures needing a paired cache (transcoder mode) or gradients (g-SAE: its real-data
+# comparison with TopK is benchmarks/gsae_real.py, on a gradient cache).
 TRANSCODERS = ("transcoder", "skip_transcoder")
+NEEDS_GRADIENTS = ("gsae",)
 
 
 def l0_options(arch: str, l0: int) -> list[dict]:
@@ -82,7 +84,8 @@ def run_real(args) -> None:
     source = ModelSource("default", args.hookpoint)
     settings = EvalSettings(groups=("core", "spliced"), n_tokens=args.eval_tokens)
     shared: dict = {}
-    archs = args.archs or [a for a in saekit.architectures() if a not in TRANSCODERS]
+    skip = TRANSCODERS + NEEDS_GRADIENTS
+    archs = args.archs or [a for a in saekit.architectures() if a not in skip]
     for l0 in args.l0:
         for arch in archs:
             for opts in l0_options(arch, l0):
@@ -101,6 +104,7 @@ def run_real(args) -> None:
                     ce_score=spliced.get("ce_loss_score"), frac_dead=dead,
                     frac_dead_held_out=core.get("frac_dead"), tokens_per_s=tokens_per_s,
                     steps=args.steps, batch=args.batch, n_latents=args.n_latents,
+                    width=sae.n_latents,  # ITDA: the atoms it grew
                     skipped=doc.get("skipped", {}),
                 )  # fmt: skip
                 append(out, row)
@@ -149,12 +153,14 @@ def table(args) -> None:
     real = RESULTS / "architectures_real.jsonl"
     if real.exists():
         rows = [json.loads(line) for line in real.read_text().splitlines() if line]
-        print("| target L0 | architecture | options | L0 | FVU | CE score | dead | tokens/s |")
-        print("|---|---|---|---|---|---|---|---|")
+        print(
+            "| target L0 | architecture | options | width | L0 | FVU | CE score | dead | tokens/s |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in sorted(rows, key=lambda r: (r["target_l0"], r["arch"])):
             opts = ", ".join(f"{k}={v:g}" for k, v in r["options"].items()) or "–"
             print(
-                f"| {r['target_l0']} | {r['arch']} | {opts} | {fmt(r['l0'], '.1f')} | "
+                f"| {r['target_l0']} | {r['arch']} | {opts} | {r['width']} | {fmt(r['l0'], '.1f')} | "
                 f"{fmt(r['fvu'], '.3f')} | {fmt(r['ce_score'], '.3f')} | "
                 f"{fmt(100 * r['frac_dead'], '.1f')}% | {fmt(r['tokens_per_s'], ',.0f')} |"
             )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -90,6 +93,25 @@ def add_parser(sub) -> None:
         "--threads", type=int, help="torch threads (default: all cores when idle, else 1)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        help="train on N processes: re-launches this command under torchrun (CPU: gloo)",
+    )
+    p.add_argument(
+        "--parallel",
+        choices=["data", "modules"],
+        default="data",
+        help="with several processes: 'data' splits every batch's tokens over ranks and "
+        "all-reduces gradients; 'modules' spreads the sweep's SAEs over ranks, fed by one "
+        "reader (default data)",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a rank waits on its peers before failing with a message (default 300)",
+    )
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -270,11 +292,44 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
 
 
 def run(args) -> int:
+    if args.nproc is not None and args.nproc < 1:
+        raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_torchrun(args.nproc)
+    from saekit.training.distributed import from_environment
+
+    group = from_environment(args.parallel, args.dist_timeout)
+    try:
+        return _run(args, group)
+    finally:
+        if group is not None:
+            group.close()
+
+
+def launch_torchrun(nproc: int) -> int:
+    """Re-run this very command on `nproc` local processes under torchrun."""
+    argv = sys.argv[1:]
+    for i, a in enumerate(argv):  # drop --nproc N / --nproc=N
+        if a == "--nproc":
+            argv = argv[:i] + argv[i + 2 :]
+            break
+        if a.startswith("--nproc="):
+            argv = argv[:i] + argv[i + 1 :]
+            break
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc-per-node={nproc}", "-m", "saekit", *argv]
+    print("saekit train: launching " + " ".join(cmd[1:]), flush=True)
+    return subprocess.call(cmd)
+
+
+def _run(args, group) -> int:
     from saekit.data import open_stream
     from saekit.sae import get_architecture, make_config
+    from saekit.training.distributed import BroadcastStream, RankSlice
     from saekit.training.report import write_run_report
     from saekit.training.trainer import TrainConfig, Trainer
 
+    main = group is None or group.is_main
     threads = set_threads(args.threads)
     if args.resume:
         run_file = args.resume / "run.json"
@@ -286,36 +341,68 @@ def run(args) -> int:
         settings = resolve(args)
         out = Path(settings["out"])
     if not args.resume:
-        settings["train_data"] = prepare_data(settings, out)
-    stream = open_stream(
-        settings["train_data"], batch_size=int(settings["batch_size"]), seed=int(settings["seed"])
-    )
+        if main:  # one capture; the other ranks wait for it
+            settings["train_data"] = prepare_data(settings, out)
+        if group is not None:
+            settings = group.broadcast_object(settings if main else None)
+    batch_size = int(settings["batch_size"])
+    modules = group is not None and group.mode == "modules"
+    if modules:  # one reader, batches broadcast to every rank
+        source = (
+            open_stream(settings["train_data"], batch_size, seed=int(settings["seed"]))
+            if main
+            else None
+        )
+        d_in = group.broadcast_object(source.d_in if main else None)
+        stream = BroadcastStream(source, group, d_in, batch_size)
+    else:
+        stream = open_stream(settings["train_data"], batch_size, seed=int(settings["seed"]))
+        if group is not None:
+            stream = RankSlice(stream, group.rank, group.world_size)
+    ranks = f", rank {group.rank} of {group.world_size} ({group.mode})" if group else ""
     print(
-        f"saekit train: data {settings['data']} (d_in={stream.d_in}), {threads} thread(s), run dir {out}"
+        f"saekit train: data {settings['data']} (d_in={stream.d_in}), {threads} thread(s), "
+        f"run dir {out}{ranks}"
     )
+    run_dir = out / f"rank{group.rank}" if modules else out
+    show_progress = not args.no_progress and main
     if args.resume:
-        trainer = Trainer.resume(out, stream, progress_bar=not args.no_progress)
+        trainer = Trainer.resume(run_dir, stream, group, progress_bar=show_progress)
         print(f"resuming at step {trainer.step} of {trainer.cfg.steps}")
     else:
         # Paired data (model:NAME@SOURCE->TARGET) carry a target: every SAE is a transcoder.
-        runs = sweep(settings, stream.d_in, getattr(stream, "d_out", None))
+        pair = stream.describe().get("pair")  # passed on by the distributed wrappers too
+        runs = all_runs = sweep(settings, stream.d_in, pair["d_out"] if pair else None)
+        if modules:
+            mine = list(runs)[group.rank :: group.world_size]
+            if not mine:
+                raise UsageError(
+                    f"--parallel modules: {len(runs)} SAE(s) for {group.world_size} ranks; "
+                    "use at most as many processes as SAEs"
+                )
+            runs = {name: runs[name] for name in mine}
         saes = {name: get_architecture(a)(make_config(a, **cfg)) for name, (a, cfg) in runs.items()}
         cfg = TrainConfig(
             steps=int(settings["steps"]),
             lr=settings["lr"],
             checkpoint_every=int(settings["checkpoint_every"]),
             dead_window_tokens=int(settings["dead_window_tokens"]),
-            progress_bar=not args.no_progress,
+            progress_bar=show_progress,
         )
         out.mkdir(parents=True, exist_ok=True)
-        record: dict[str, Any] = {"settings": settings, "saes": runs}
-        if "pair" in stream.describe():
-            record["pair"] = stream.describe()["pair"]  # source and target of the transcoders
-        (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-        trainer = Trainer(saes, stream, cfg, out, run_info={"data_spec": settings["train_data"]})
+        if main:
+            record: dict[str, Any] = {"settings": settings, "saes": all_runs}
+            if pair:
+                record["pair"] = pair  # source and target of the transcoders
+            (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+        info = {"data_spec": settings["train_data"]}
+        trainer = Trainer(saes, stream, cfg, run_dir, run_info=info, group=group)
+        per_step = stream.batch_size * (group.world_size if group and not modules else 1)
         print(
-            f"training {len(saes)} SAE(s): {', '.join(saes)}; {cfg.steps} steps x {stream.batch_size} tokens"
+            f"training {len(saes)} SAE(s): {', '.join(saes)}; {cfg.steps} steps x {per_step} tokens"
         )
+    if modules:
+        trainer.saes_dir = out / "saes"
     try:
         trainer.fit()
     except KeyboardInterrupt:
@@ -323,6 +410,10 @@ def run(args) -> int:
             f"\ninterrupted at step {trainer.step}; checkpoint written. Resume with: saekit train --resume {out}"
         )
         return 130
+    if group is not None:
+        group.barrier()  # every rank's SAEs are on disk
+    if not main:
+        return 0
     report = write_run_report(out, settings, eval_tokens=int(settings["eval_tokens"]))
     print(report.summary)
     print(

@@ -13,6 +13,7 @@ import copy
 import json
 import math
 import signal
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from saekit.formats import native
 from saekit.sae.base import SAE, TrainContext
 from saekit.sae.registry import get_architecture, make_config
 from saekit.training import checkpoint as ckpt
+from saekit.training.distributed import Distributed
 from saekit.training.init import geometric_median, input_scale
 
 
@@ -101,6 +103,7 @@ class Trainer:
         cfg: TrainConfig,
         out_dir: str | Path | None = None,
         run_info: dict[str, Any] | None = None,
+        group: Distributed | None = None,
     ):
         if not saes:
             raise ValueError("nothing to train: no SAEs given")
@@ -111,7 +114,20 @@ class Trainer:
                 )
         self.cfg = cfg
         self.stream = stream
-        self.out_dir = Path(out_dir) if out_dir is not None else None
+        # Data parallelism (training/distributed.py): gradients, dead counters and tracked
+        # buffers are reduced across ranks, and only rank 0 writes.
+        # `group`: the peers this process moves in lockstep with (both layouts); `dp`: the
+        # same group when it splits the data, else None.
+        self.group = group
+        self.dp = group if group is not None and group.mode == "data" else None
+        if self.dp is not None:
+            for name, sae in saes.items():
+                if not sae.learns_by_gradient:
+                    raise ValueError(f"{name} ({sae.architecture}) cannot train data-parallel")
+        writes = self.dp is None or self.dp.is_main
+        self.out_dir = Path(out_dir) if out_dir is not None and writes else None
+        # Where SAE directories go (module-parallel ranks share one saes/ folder).
+        self.saes_dir = self.out_dir / "saes" if self.out_dir is not None else None
         self.run_info = run_info or {}
         self.members = [self._member(name, sae) for name, sae in saes.items()]
         self.step = 0
@@ -158,6 +174,14 @@ class Trainer:
     @torch.no_grad()
     def _initialise(self) -> None:
         batches = [self._next_batch() for _ in range(max(1, self.cfg.init_batches))]
+        if self.dp is not None:  # every rank sets the scale and b_dec from the same sample
+            batches = [
+                Batch(
+                    self.dp.gather_cat(b.x),
+                    {k: self.dp.gather_cat(v) for k, v in b.extras.items()},
+                )
+                for b in batches
+            ]
         sample = torch.cat([b.x for b in batches])
         if self.cfg.normalise_inputs:
             self.scale = input_scale(sample)
@@ -199,7 +223,10 @@ class Trainer:
                 self._update(m, loss)
             m.sae.calibrate(out.codes)
             fired = out.codes.any(0)
-            m.tokens_since_fired += len(batch)
+            if self.dp is not None:
+                fired = self.dp.any(fired)
+                self.dp.average_buffers(m.sae)
+            m.tokens_since_fired += len(batch) * (self.dp.world_size if self.dp else 1)
             m.tokens_since_fired[fired] = 0
             if log_now:
                 # a transcoder's x_hat predicts its target, [batch, d_out]: score it there
@@ -211,6 +238,8 @@ class Trainer:
         """Backward, radial decoder gradient removed, clip, Adam, schedule, constraints."""
         m.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.dp is not None:
+            self.dp.average_gradients(list(m.sae.parameters()))
         m.sae.remove_parallel_decoder_grad()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(m.sae.parameters(), self.cfg.grad_clip)
@@ -257,9 +286,10 @@ class Trainer:
                     ):
                         self._log(log)
                         bar.set_postfix_str(self._postfix())
-                    if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                    every = self.cfg.checkpoint_every
+                    if every and self.step % every == 0 and self.out_dir is not None:
                         self.save_checkpoint()
-                    if interrupts.requested:
+                    if self._stop_requested(interrupts.requested):
                         raise KeyboardInterrupt
             except KeyboardInterrupt:
                 if self.out_dir is not None:
@@ -276,17 +306,25 @@ class Trainer:
             self.save_saes()
         return {m.name: dict(m.last) for m in self.members}
 
+    def _stop_requested(self, local: bool) -> bool:
+        """A stop (Ctrl-C, SIGTERM) on any rank stops every rank after the same step."""
+        if self.group is None:
+            return local
+        return bool(self.group.any(torch.tensor([local]))[0])
+
     @torch.no_grad()
     def _finalise(self, tokens: int = 16384) -> None:
         """Inference calibration on fresh batches with the final weights (after the last
         checkpoint, so a resumed run reads the same batches)."""
         members = [m for m in self.members if m.sae.needs_finalise]
-        if not members:
+        if not members and self.group is None:  # ranks in lockstep read the batches anyway
             return
         n_batches = max(1, tokens // self.stream.batch_size)
         sample = torch.cat([self._next_batch().x for _ in range(n_batches)])
         for m in members:
             m.sae.finalise(sample)
+            if self.dp is not None:
+                self.dp.average_buffers(m.sae)
 
     def _postfix(self) -> str:
         m = self.members[0]
@@ -345,12 +383,13 @@ class Trainer:
                     **self.run_info,
                 },
             }
-            paths[m.name] = native.save(self.export(m), self.out_dir / "saes" / m.name, meta)
+            paths[m.name] = native.save(self.export(m), self.saes_dir / m.name, meta)
         return paths
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
+            "world_size": self.dp.world_size if self.dp is not None else 1,
             "scale": self.scale,
             "initialised": self.initialised,
             "train_config": asdict(self.cfg),
@@ -375,8 +414,16 @@ class Trainer:
         return ckpt.write_checkpoint(self.out_dir / "checkpoints", self.step, self.state_dict())
 
     @classmethod
-    def resume(cls, out_dir: str | Path, stream: ActivationStream, **overrides: Any) -> Trainer:
-        """Rebuild a trainer from the newest checkpoint in out_dir."""
+    def resume(
+        cls,
+        out_dir: str | Path,
+        stream: ActivationStream,
+        group: Distributed | None = None,
+        **overrides: Any,
+    ) -> Trainer:
+        """Rebuild a trainer from the newest checkpoint in out_dir. Data-parallel runs resume
+        exactly at the same world size; at another, training continues from the same stream
+        position with the new global batch (said in a warning)."""
         out_dir = Path(out_dir)
         path = ckpt.latest_checkpoint(out_dir / "checkpoints")
         if path is None:
@@ -388,7 +435,14 @@ class Trainer:
             fields = {k: v for k, v in ms["sae_config"].items() if k != "architecture"}
             arch = ms["sae_config"]["architecture"]
             saes[ms["name"]] = get_architecture(arch)(make_config(arch, **fields))
-        trainer = cls(saes, stream, cfg, out_dir)
+        trainer = cls(saes, stream, cfg, out_dir, group=group)
+        world = trainer.dp.world_size if trainer.dp is not None else 1
+        if state.get("world_size", 1) != world:
+            warnings.warn(
+                f"{out_dir}: checkpoint written by {state.get('world_size', 1)} data-parallel "
+                f"rank(s), resumed on {world}: the run continues with a different global batch",
+                stacklevel=2,
+            )
         trainer.step = state["step"]
         trainer.scale = state["scale"]
         trainer.initialised = state["initialised"]
