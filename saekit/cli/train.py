@@ -107,6 +107,17 @@ def add_parser(sub) -> None:
         "reader (default data)",
     )
     p.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda or cuda:N (default auto: CUDA when present; one GPU per rank under "
+        "torchrun)",
+    )
+    p.add_argument(
+        "--autocast",
+        choices=["bf16"],
+        help="matmuls in bfloat16 under autocast; weights, thresholds and Adam stay fp32",
+    )
+    p.add_argument(
         "--dist-timeout",
         type=float,
         default=300.0,
@@ -298,12 +309,31 @@ def run(args) -> int:
         return launch_torchrun(args.nproc)
     from saekit.training.distributed import from_environment
 
-    group = from_environment(args.parallel, args.dist_timeout)
+    device = resolve_device(args.device)
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    group = from_environment(args.parallel, args.dist_timeout, backend)
+    args.device = device
     try:
         return _run(args, group)
     finally:
         if group is not None:
             group.close()
+
+
+def resolve_device(name: str) -> str:
+    """auto -> cuda (this rank's GPU under torchrun) when available, else cpu."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available on this machine")
+        if name == "cuda" and "LOCAL_RANK" in os.environ:
+            name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    elif name != "cpu":
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return name
 
 
 def launch_torchrun(nproc: int) -> int:
@@ -367,7 +397,9 @@ def _run(args, group) -> int:
     run_dir = out / f"rank{group.rank}" if modules else out
     show_progress = not args.no_progress and main
     if args.resume:
-        trainer = Trainer.resume(run_dir, stream, group, progress_bar=show_progress)
+        trainer = Trainer.resume(
+            run_dir, stream, group, progress_bar=show_progress, device=args.device
+        )
         print(f"resuming at step {trainer.step} of {trainer.cfg.steps}")
     else:
         # Paired data (model:NAME@SOURCE->TARGET) carry a target: every SAE is a transcoder.
@@ -388,6 +420,8 @@ def _run(args, group) -> int:
             checkpoint_every=int(settings["checkpoint_every"]),
             dead_window_tokens=int(settings["dead_window_tokens"]),
             progress_bar=show_progress,
+            device=args.device,
+            autocast=args.autocast,
         )
         out.mkdir(parents=True, exist_ok=True)
         if main:

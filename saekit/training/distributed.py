@@ -117,16 +117,17 @@ class Distributed:
             dist.destroy_process_group()
 
 
-def from_environment(mode: str = "data", timeout_s: float = 300.0) -> Distributed | None:
+def from_environment(
+    mode: str = "data", timeout_s: float = 300.0, backend: str = "gloo"
+) -> Distributed | None:
     """Join the group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT); None when this
-    is a single process. gloo on CPU, nccl when CUDA is the device."""
+    is a single process. backend: gloo on CPU, nccl for CUDA devices."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
     if mode not in MODES:
         raise ValueError(f"parallel mode must be one of {MODES}, got {mode!r}")
     if not dist.is_initialized():
-        backend = "nccl" if os.environ.get("SAEKIT_DEVICE", "cpu").startswith("cuda") else "gloo"
         dist.init_process_group(
             backend, timeout=datetime.timedelta(seconds=timeout_s), rank=int(os.environ["RANK"])
         )

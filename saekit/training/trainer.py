@@ -52,9 +52,14 @@ class TrainConfig:
     log_every: int = 25
     checkpoint_every: int = 0  # steps; 0 = only at the end and on interruption
     progress_bar: bool = True
+    device: str = "cpu"  # "cuda", "cuda:1", ...: SAEs and batches live there
+    # "bf16": matmuls in bfloat16 under autocast; weights, thresholds and Adam stay fp32.
+    autocast: str | None = None
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        if self.autocast not in (None, "bf16"):
+            raise ValueError(f"autocast must be None or 'bf16', got {self.autocast!r}")
         if self.init_b_dec not in {"geometric_median", "mean", "zero"}:
             raise ValueError(
                 f"init_b_dec must be geometric_median, mean or zero, got {self.init_b_dec!r}"
@@ -113,6 +118,9 @@ class Trainer:
                     f"SAE {name!r} has d_in={sae.d_in} but the stream has d_in={stream.d_in}"
                 )
         self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        for sae in saes.values():
+            sae.to(self.device)
         self.stream = stream
         # Data parallelism (training/distributed.py): gradients, dead counters and tracked
         # buffers are reduced across ranks, and only rank 0 writes.
@@ -140,7 +148,7 @@ class Trainer:
 
     # ---- construction ------------------------------------------------------------------------
     def _member(self, name: str, sae: SAE) -> Member:
-        counters = torch.zeros(sae.n_latents, dtype=torch.int64)
+        counters = torch.zeros(sae.n_latents, dtype=torch.int64, device=self.device)
         if not sae.learns_by_gradient:
             return Member(name, sae, None, None, counters)
         lr = self.cfg.lr if self.cfg.lr is not None else default_lr(sae.n_latents)
@@ -162,8 +170,8 @@ class Trainer:
                 f"NaN/Inf activations in the batch for step {self.step} (rows {bad}); "
                 "nothing was trained on it — check the data source"
             )
-        x = batch.x.float() * self.scale
-        extras = dict(batch.extras)
+        x = batch.x.to(self.device).float() * self.scale
+        extras = {k: v.to(self.device) for k, v in batch.extras.items()}
         if "target" in extras:  # transcoders: input and target share one scale (exact folding)
             extras["target"] = extras["target"].float() * self.scale
         if "grad" in extras:
@@ -207,7 +215,7 @@ class Trainer:
             return geometric_median(sample)
         if self.cfg.init_b_dec == "mean":
             return sample.mean(0)
-        return torch.zeros(sample.shape[1])
+        return torch.zeros(sample.shape[1], device=sample.device)
 
     # ---- the loop ----------------------------------------------------------------------------
     def train_step(self, batch: Batch) -> None:
@@ -217,7 +225,8 @@ class Trainer:
         for m in self.members:
             dead = m.tokens_since_fired >= window
             ctx = TrainContext(dead_mask=dead, progress=progress, extras=batch.extras)
-            out = m.sae.training_forward(batch.x, ctx)
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=bool(self.cfg.autocast)):
+                out = m.sae.training_forward(batch.x, ctx)
             loss = sum(out.losses.values())
             if m.optimizer is not None:
                 self._update(m, loss)
@@ -359,7 +368,7 @@ class Trainer:
     # ---- files -------------------------------------------------------------------------------
     def export(self, member: Member) -> SAE:
         """A copy of the SAE that acts on raw activations (scale and free norms folded)."""
-        sae = copy.deepcopy(member.sae).eval()
+        sae = copy.deepcopy(member.sae).eval().cpu()
         sae.fold_input_scale(self.scale)
         sae.fold_decoder_norms()
         sae.compact()

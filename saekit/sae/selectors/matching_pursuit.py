@@ -112,7 +112,15 @@ class MatchingPursuit(Selector):
         n_steps=None, residual_threshold=None, relative_threshold=None,
     ):  # fmt: skip
         """Differentiable (by replay) when grad mode is on and the atoms or the input need
-        grad; the replay also returns Σ α_t d_{j_t}, so decoding costs nothing more."""
+        grad; the replay also returns Σ α_t d_{j_t}, so decoding costs nothing more. Always in
+        full precision, autocast or not: cheaper correlations change which atoms are chosen."""
+        with torch.autocast(x_centered.device.type, enabled=False):
+            return self._select(
+                sae, x_centered.float() if x_centered.dtype == torch.bfloat16 else x_centered,
+                n_steps, residual_threshold, relative_threshold,
+            )  # fmt: skip
+
+    def _select(self, sae, x_centered, n_steps, residual_threshold, relative_threshold):
         sel = self.pursue(sae, x_centered, n_steps, residual_threshold, relative_threshold)
         D = self.atoms(sae)
         batch, T = sel.indices.shape
