@@ -3,16 +3,20 @@ ground-truth recovery on the superposition recipe. Resumable: one JSON line per 
 in --out; a rerun skips what is done.
 
     saekit cache --model default --hookpoint model.layers.15 --tokens 120000 \\
-        --eval-tokens 16384 --with-grad --max-norm-factor 10 --out runs/bench/smollm2-l15
+        --eval-tokens 16384 --max-norm-factor 10 --out runs/bench/smollm2-l15
     python benchmarks/architectures.py real --cache runs/bench/smollm2-l15
+    saekit cache --model default --hookpoint 'model.layers.6.mlp:in->out' --tokens 60000 \\
+        --eval-tokens 8192 --max-norm-factor 10 --out runs/bench/smollm2-mlp6
+    python benchmarks/architectures.py transcoders --pair-cache runs/bench/smollm2-mlp6
     python benchmarks/architectures.py synthetic
     python benchmarks/architectures.py table        # markdown for benchmarks/RESULTS.md
 
 How L0 is matched: k (TopK family, Feature/Mutual Choice, AbsTopK, g-SAE), pursuit steps
 (MP-SAE, ITDA), target_l0 (JumpReLU); ReLU and Gated have no L0 knob, so they run at three
-L1 coefficients and land where they land; top-AFA chooses its own L0 and runs once. The
-cache holds gradients, so g-SAE trains on the same tokens as everything else. Transcoder
-rows (`transcoder` mode) need a paired cache (`...@model.layers.6.mlp:in->out`).
+L1 coefficients and land where they land; top-AFA chooses its own L0 and runs once.
+g-SAE needs gradients: its real-data comparison is benchmarks/gsae_real.py. Transcoders
+(`transcoders` mode) train on a paired cache (`...@model.layers.6.mlp:in->out`) and are
+scored on the MLP's output and with the MLP replaced.
 """
 
 from __future__ import annotations
@@ -111,6 +115,42 @@ def run_real(args) -> None:
                 print(json.dumps(row), flush=True)
 
 
+def run_transcoders(args) -> None:
+    """TopK and skip transcoders at k = --l0, and a JumpReLU transcoder, on a paired cache:
+    FVU of the target (the MLP's output) and CE with the MLP replaced by the transcoder."""
+    from saekit.data.cache import open_cache_stream
+    from saekit.evaluation.evaluate import EvalSettings, evaluate_sae, model_source
+
+    out = args.out or RESULTS / "architectures_transcoders.jsonl"
+    done = done_keys(out)
+    spec = f"{args.pair_cache}@{args.pair}"
+    settings = EvalSettings(groups=("core", "spliced"), n_tokens=args.eval_tokens)
+    shared: dict = {}
+    runs = [(a, {"k": l0}, l0) for l0 in args.l0 for a in TRANSCODERS]
+    runs += [("jumprelu", {"transcode": True, "target_l0": float(l0)}, l0) for l0 in args.l0]
+    for arch, opts, l0 in runs:
+        key = f"{arch}|{l0}|{json.dumps(opts, sort_keys=True)}"
+        if key in done:
+            continue
+        print(f"{key}: training", flush=True)
+        stream = open_cache_stream(spec, args.batch, seed=args.seed)
+        opts = {**opts, "d_out": stream.d_out}
+        sae, tokens_per_s, dead = train_one(arch, opts, stream, stream.d_in, args)
+        held_out = open_cache_stream(spec, 4096, seed=0, split="eval")
+        source = model_source(sae, data_spec=f"model:default@{args.pair}")
+        doc = evaluate_sae(sae, held_out, settings, source=source, shared=shared)
+        core, spliced = doc.get("core", {}), doc.get("spliced", {})
+        row = dict(
+            key=key, arch=arch, target_l0=l0, options=opts, pair=args.pair,
+            fvu=core.get("fvu"), l0=core.get("l0"), ce_score=spliced.get("ce_loss_score"),
+            ce_score_mean_ablation=spliced.get("ce_loss_score_mean_ablation"),
+            frac_dead=dead, tokens_per_s=tokens_per_s, steps=args.steps, batch=args.batch,
+            n_latents=args.n_latents, width=sae.n_latents, skipped=doc.get("skipped", {}),
+        )  # fmt: skip
+        append(out, row)
+        print(json.dumps(row), flush=True)
+
+
 def run_synthetic(args) -> None:
     from saekit.data.synthetic import SyntheticStream, make_recipe
     from saekit.evaluation.evaluate import evaluate
@@ -118,7 +158,8 @@ def run_synthetic(args) -> None:
     out = args.out or RESULTS / "architectures_synthetic.jsonl"
     done = done_keys(out)
     recipe = "superposition:n_features=512,d_in=64,k_avg=5"
-    archs = args.archs or [a for a in saekit.architectures() if a not in TRANSCODERS]
+    skip = TRANSCODERS + NEEDS_GRADIENTS  # g-SAE's synthetic test: benchmarks/gsae_synthetic.py
+    archs = args.archs or [a for a in saekit.architectures() if a not in skip]
     for arch in archs:
         for opts in l0_options(arch, 8) or l0_options(arch, 32)[:1]:
             key = f"{arch}|{json.dumps(opts, sort_keys=True)}"
@@ -164,6 +205,19 @@ def table(args) -> None:
                 f"{fmt(r['fvu'], '.3f')} | {fmt(r['ce_score'], '.3f')} | "
                 f"{fmt(100 * r['frac_dead'], '.1f')}% | {fmt(r['tokens_per_s'], ',.0f')} |"
             )
+    tc = RESULTS / "architectures_transcoders.jsonl"
+    if tc.exists():
+        rows = [json.loads(line) for line in tc.read_text().splitlines() if line]
+        print("\n| target L0 | transcoder | L0 | FVU of the MLP output | CE score, MLP replaced "
+              "(vs zero / mean ablation) | dead | tokens/s |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
+        for r in sorted(rows, key=lambda r: (r["target_l0"], r["arch"])):
+            name = r["arch"] if r["arch"] in TRANSCODERS else f"{r['arch']} (transcode=true)"
+            print(
+                f"| {r['target_l0']} | {name} | {fmt(r['l0'], '.1f')} | {fmt(r['fvu'], '.3f')} | "
+                f"{fmt(r['ce_score'], '.3f')} / {fmt(r['ce_score_mean_ablation'], '.3f')} | "
+                f"{fmt(100 * r['frac_dead'], '.1f')}% | {fmt(r['tokens_per_s'], ',.0f')} |"
+            )
     syn = RESULTS / "architectures_synthetic.jsonl"
     if syn.exists():
         rows = [json.loads(line) for line in syn.read_text().splitlines() if line]
@@ -180,9 +234,11 @@ def table(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["real", "synthetic", "table"])
+    p.add_argument("mode", choices=["real", "transcoders", "synthetic", "table"])
     p.add_argument("--cache", type=Path, default=Path("runs/bench/smollm2-l15"))
     p.add_argument("--hookpoint", default="model.layers.15")
+    p.add_argument("--pair-cache", type=Path, default=Path("runs/bench/smollm2-mlp6"))
+    p.add_argument("--pair", default="model.layers.6.mlp:in->out")
     p.add_argument("--archs", nargs="*")
     p.add_argument("--l0", type=int, nargs="*", default=[16, 32, 64])
     p.add_argument("--n-latents", type=int, default=2304)
@@ -196,7 +252,8 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    {"real": run_real, "synthetic": run_synthetic, "table": table}[args.mode](args)
+    modes = {"real": run_real, "transcoders": run_transcoders, "synthetic": run_synthetic}
+    {**modes, "table": table}[args.mode](args)
 
 
 if __name__ == "__main__":

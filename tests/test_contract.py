@@ -77,18 +77,19 @@ def test_save_load_round_trip(arch, tmp_path):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_input_scale_folds_into_the_saved_sae(arch):
-    """Trained on s·x (and s·target, g/s): the exported SAE gives on raw x the trained SAE's
-    reconstruction / s, and (unit-norm dictionaries) its codes / s."""
+    """Trained on s·x (a target on s_out·y, gradients g/s): the exported SAE gives on raw x
+    the trained SAE's output / s_out, and (unit-norm dictionaries) its codes / s_out."""
     trainer = trained(arch)
     member, s = trainer.members[0], trainer.scale
-    assert s != pytest.approx(1.0)
+    s_out = trainer.target_scale if member.sae.is_transcoder else s  # a target's own scale
+    assert s != pytest.approx(1.0) and s_out != pytest.approx(1.0)
     exported = trainer.export(member)
     x, extras = data(256, seed=2)
-    scaled_extras = {"grad": extras["grad"] / s, "target": extras["target"] * s}
+    scaled_extras = {"grad": extras["grad"] / s, "target": extras["target"] * s_out}
     with torch.no_grad():
         sae = member.sae.eval()
-        ref_codes = sae.encode(x * s, extras=scaled_extras) / s
-        ref_out = sae(x * s, extras=scaled_extras) / s
+        ref_codes = sae.encode(x * s, extras=scaled_extras) / s_out
+        ref_out = sae(x * s, extras=scaled_extras) / s_out
         codes = exported.encode(x, extras=extras)
         out = exported(x, extras=extras)
     assert torch.allclose(out, ref_out, atol=1e-4, rtol=1e-4)

@@ -317,10 +317,16 @@ class SAE(nn.Module):
 
     # ---- conversions applied on save ------------------------------------------------------------
     @torch.no_grad()
-    def fold_input_scale(self, scale: float) -> None:
-        """The SAE was trained on x·scale (and target·scale); make it act on raw activations
-        with codes in raw units. Codes of positively homogeneous coders scale by 1/scale when
-        every bias, threshold and absolute stopping rule does; atoms stay unit norm."""
+    def fold_input_scale(self, scale: float, target_scale: float | None = None) -> None:
+        """The SAE was trained on x·scale (a transcoder's target on y·target_scale); make it
+        act on raw activations with codes in raw units. Codes of positively homogeneous coders
+        scale by 1/scale when every bias, threshold and absolute stopping rule does; atoms
+        stay unit norm. With a separate target scale s_y the input weights first take the
+        factor scale/s_y, and everything else is divided by s_y."""
+        if target_scale is not None and target_scale != scale:
+            for part in self.parts:
+                part.rescale_input(self, scale / target_scale)
+            scale = target_scale
         for part in self.parts:
             part.fold_input_scale(self, scale)
 
@@ -367,5 +373,8 @@ class Part:
     def finalise(self, sae: SAE, pre: PreActivations) -> None: ...
 
     def fold_input_scale(self, sae: SAE, scale: float) -> None: ...
+
+    def rescale_input(self, sae: SAE, factor: float) -> None:
+        """Weights applied to the raw input × factor (folding a separate target scale)."""
 
     def compact(self, sae: SAE) -> None: ...

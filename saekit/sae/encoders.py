@@ -89,6 +89,10 @@ class LinearEncoder(Part):
         sae.b_enc /= scale
 
     @torch.no_grad()
+    def rescale_input(self, sae: SAE, factor: float) -> None:
+        sae.W_enc *= factor
+
+    @torch.no_grad()
     def scale_latents(self, sae: SAE, factors: torch.Tensor) -> None:
         """Latent i's pre-activation × factors[i] (folding free atom norms; exact for
         positively homogeneous selectors)."""
@@ -146,8 +150,7 @@ class GatedEncoder(Part):
 
 class Skip(Part):
     """A skip transcoder's linear path ŷ += x W_skip (Paulo, Shabalin, Belrose 2025,
-    arXiv 2501.18823), W_skip [d_in, d_out] initialised at zero. Scale-free: x and the
-    target are scaled alike."""
+    arXiv 2501.18823), W_skip [d_in, d_out] initialised at zero."""
 
     def __init__(self, d_out: int | None = None):
         self.d_out = d_out
@@ -158,3 +161,7 @@ class Skip(Part):
 
     def apply(self, sae: SAE, x: torch.Tensor) -> torch.Tensor:
         return x @ sae.W_skip
+
+    @torch.no_grad()
+    def rescale_input(self, sae: SAE, factor: float) -> None:
+        sae.W_skip *= factor

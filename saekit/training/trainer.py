@@ -140,6 +140,9 @@ class Trainer:
         self.members = [self._member(name, sae) for name, sae in saes.items()]
         self.step = 0
         self.scale = 1.0
+        # A transcoder's target gets its own scale (E||y|| = sqrt(d_out)): an MLP's output can
+        # be ~10x its input, and one shared scale left its loss ~100x the usual size.
+        self.target_scale = 1.0
         self.initialised = False
         self._batches: Iterator[Batch] | None = None
         # Stream position after the last batch fetched whole (and so trained on, since
@@ -172,8 +175,8 @@ class Trainer:
             )
         x = batch.x.to(self.device).float() * self.scale
         extras = {k: v.to(self.device) for k, v in batch.extras.items()}
-        if "target" in extras:  # transcoders: input and target share one scale (exact folding)
-            extras["target"] = extras["target"].float() * self.scale
+        if "target" in extras:  # transcoders: the target's own scale, folded on save
+            extras["target"] = extras["target"].float() * self.target_scale
         if "grad" in extras:
             # d loss / d(s·x) = (d loss / dx) / s: keep the gradient in the scaled coordinates.
             extras["grad"] = extras["grad"].float() / self.scale
@@ -191,8 +194,15 @@ class Trainer:
                 for b in batches
             ]
         sample = torch.cat([b.x for b in batches])
+        targets = (
+            torch.cat([b.extras["target"] for b in batches])
+            if "target" in batches[0].extras
+            else None
+        )
         if self.cfg.normalise_inputs:
             self.scale = input_scale(sample)
+            if targets is not None:
+                self.target_scale = input_scale(targets.float())
         biases: dict[str, torch.Tensor] = {}  # computed once per space, shared by members
         for m in self.members:
             # b_dec lives where the SAE reconstructs: the input, or a transcoder's target.
@@ -201,12 +211,10 @@ class Trainer:
                 continue
             space = "target" if m.sae.is_transcoder else "x"
             if space not in biases:
-                data = (
-                    torch.cat([b.extras["target"] for b in batches])
-                    if space == "target"
-                    else sample
-                )
-                biases[space] = self._initial_bias(data.float() * self.scale)
+                if space == "target":
+                    biases[space] = self._initial_bias(targets.float() * self.target_scale)
+                else:
+                    biases[space] = self._initial_bias(sample.float() * self.scale)
             m.sae.b_dec.copy_(biases[space])
         self.initialised = True
 
@@ -369,7 +377,7 @@ class Trainer:
     def export(self, member: Member) -> SAE:
         """A copy of the SAE that acts on raw activations (scale and free norms folded)."""
         sae = copy.deepcopy(member.sae).eval().cpu()
-        sae.fold_input_scale(self.scale)
+        sae.fold_input_scale(self.scale, self.target_scale if sae.is_transcoder else None)
         sae.fold_decoder_norms()
         sae.compact()
         return sae
@@ -381,6 +389,7 @@ class Trainer:
             meta = {
                 "normalisation": {
                     "input_scale_folded": self.scale,
+                    **({"target_scale_folded": self.target_scale} if m.sae.is_transcoder else {}),
                     "convention": "E||x|| = sqrt(d_in)",
                 },
                 "data": self.stream.describe(),
@@ -400,6 +409,7 @@ class Trainer:
             "step": self.step,
             "world_size": self.dp.world_size if self.dp is not None else 1,
             "scale": self.scale,
+            "target_scale": self.target_scale,
             "initialised": self.initialised,
             "train_config": asdict(self.cfg),
             "stream": self._stream_position or self.stream.state_dict(),
@@ -454,6 +464,7 @@ class Trainer:
             )
         trainer.step = state["step"]
         trainer.scale = state["scale"]
+        trainer.target_scale = state.get("target_scale", state["scale"])
         trainer.initialised = state["initialised"]
         stream.load_state_dict(state["stream"])
         torch.set_rng_state(state["torch_rng"])
