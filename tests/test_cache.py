@@ -356,3 +356,17 @@ def test_cli_bad_input_is_one_line_exit_2(model_dir, tmp_path, capsys, extra, me
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_data_parallel_shards_are_disjoint_and_cover_the_split(cache_dir):
+    """Rank r of W reads shards r, r + W, ...: together one epoch of every rank is the split."""
+    key = lambda b: (b.extras["context_ids"] * CTX + b.extras["positions"]).tolist()  # noqa: E731
+    seen = []
+    for rank in range(3):
+        stream = CacheStream(cache_dir, HOOKS[1], batch_size=64, loop=False, include_metadata=True)
+        stream.shard(rank, 3)
+        seen.append([k for b in stream for k in key(b)])
+    assert all(seen) and not set(seen[0]) & set(seen[1]) and not set(seen[1]) & set(seen[2])
+    assert sum(len(s) for s in seen) == 1000
+    with pytest.raises(CacheError, match="shard.*for 99 ranks"):
+        CacheStream(cache_dir, HOOKS[1]).shard(0, 99)

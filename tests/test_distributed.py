@@ -105,3 +105,25 @@ def test_a_dead_rank_stops_the_others_with_a_message_and_the_run_resumes(tmp_pat
     errors = [p.communicate(timeout=TIMEOUT)[1] for p in resumed]
     assert [p.returncode for p in resumed] == [0, 0], errors
     assert native.load(out / "saes" / "topk").W_dec.shape == (64, 16)
+
+
+def test_sharded_cache_ranks_read_their_own_shards_and_checkpoint_each_position(tmp_path):
+    from tiny_model import TEXTS, tiny_model, tiny_tokenizer
+
+    from saekit.data.cache import write_cache
+    from saekit.data.corpora import TextListCorpus
+    from saekit.training import checkpoint as ckpt
+
+    docs = [f"doc {i}: {TEXTS[i % 8]} {TEXTS[(i * 3) % 8]}" for i in range(300)]
+    write_cache(tmp_path / "cache", tiny_model(), tiny_tokenizer(), TextListCorpus(docs, 0.2),
+                ["model.layers.0"], n_tokens=600, shard_tokens=100, eval_tokens=100, ctx_len=16)  # fmt: skip
+    args = ["train", "--data", f"cache:{tmp_path / 'cache'}", "-a", "topk", "--k", "4",
+            "--n-latents", "64", "--batch-size", "64", "--steps", "12", "--eval-tokens", "64",
+            "--no-progress", "--threads", "1", "--out", str(tmp_path / "run")]  # fmt: skip
+    r = torchrun("-m", "saekit", *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    state = ckpt.read_checkpoint(ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    positions = state["stream"]["ranks"]
+    assert len(positions) == 2 and state["world_size"] == 2
+    # Resuming sharded data on another number of ranks is refused in one line.
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2

@@ -1,6 +1,7 @@
 """ModelStream: masked tokens straight from a model, chunk shuffle, exact resume."""
 
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -67,3 +68,21 @@ def test_default_hookpoint_and_errors(model, contexts):
     assert default_hookpoint(model) == "model.layers.2"
     with pytest.raises(KeyError, match="close matches"):
         ModelStream(model, contexts, "model.layers.7")
+
+
+def test_data_parallel_ranks_read_disjoint_documents():
+    """Rank r reads chunks r, r + W, ...: the ranks' tokens together are one epoch, each once
+    (compared as multisets: repeated documents give repeated rows)."""
+    model, tok = tiny_model(), tiny_tokenizer()
+    contexts = tokenize_corpus(tok, list(TEXTS) * 4, 16, 16, "train")
+
+    def rows(rank=None):
+        stream = ModelStream(model, contexts, "model.layers.0", batch_size=32,
+                             contexts_per_chunk=4, loop=False)  # fmt: skip
+        if rank is not None:
+            stream.shard(rank, 2)
+        return Counter(tuple(r.tolist()) for b in stream for r in b.x)
+
+    first, second = rows(0), rows(1)
+    assert sum(first.values()) > 0 and sum(second.values()) > 0
+    assert first + second == rows()

@@ -355,7 +355,7 @@ def launch_torchrun(nproc: int) -> int:
 def _run(args, group) -> int:
     from saekit.data import open_stream
     from saekit.sae import get_architecture, make_config
-    from saekit.training.distributed import BroadcastStream, RankSlice
+    from saekit.training.distributed import BroadcastStream, split_stream
     from saekit.training.report import write_run_report
     from saekit.training.trainer import TrainConfig, Trainer
 
@@ -388,7 +388,7 @@ def _run(args, group) -> int:
     else:
         stream = open_stream(settings["train_data"], batch_size, seed=int(settings["seed"]))
         if group is not None:
-            stream = RankSlice(stream, group.rank, group.world_size)
+            stream = split_stream(stream, group)
     ranks = f", rank {group.rank} of {group.world_size} ({group.mode})" if group else ""
     print(
         f"saekit train: data {settings['data']} (d_in={stream.d_in}), {threads} thread(s), "

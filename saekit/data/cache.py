@@ -616,6 +616,19 @@ class CacheStream:
             for i in range(len(self.shards)):
                 self._read(i)
 
+    def shard(self, rank: int, world_size: int) -> None:
+        """Keep only shards rank, rank + W, ... of the split (data-parallel ranks read
+        disjoint tokens; each shuffles its own shards). Needs at least W shards."""
+        if len(self.shards) < world_size:
+            raise CacheError(
+                f"{self.root}: {len(self.shards)} shard(s) in the {self.split!r} split for "
+                f"{world_size} ranks; write the cache with a smaller --shard-tokens"
+            )
+        self.shards = self.shards[rank::world_size]
+        self.n_tokens = sum(s["n_tokens"] for s in self.shards)
+        self.epoch, self.offset, self._pools = 0, 0, {}
+        self.rank_shard = [rank, world_size]
+
     # ---- epoch layout -------------------------------------------------------------------
     def _layout(self, epoch: int) -> tuple[list[int], list[int]]:
         """(shard order, start token of each pool + the end) for ``epoch``."""

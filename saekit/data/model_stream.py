@@ -137,10 +137,22 @@ class ModelStream:
             self.max_norm_factor,
         )
 
+    def shard(self, rank: int, world_size: int) -> None:
+        """Read only chunks rank, rank + W, ... of each epoch's context order (data-parallel
+        ranks see disjoint documents). Needs at least W chunks."""
+        if self.n_chunks < world_size:
+            raise ValueError(
+                f"{self.n_chunks} chunk(s) of {self.contexts_per_chunk} contexts for "
+                f"{world_size} ranks: use more contexts or fewer ranks"
+            )
+        self.rank, self.world_size = rank, world_size
+        self.chunk = rank
+
     def _next_chunk(self) -> None:
-        self.chunk, self.offset = self.chunk + 1, 0
+        rank, world = getattr(self, "rank", 0), getattr(self, "world_size", 1)
+        self.chunk, self.offset = self.chunk + world, 0
         if self.chunk >= self.n_chunks:
-            self.epoch, self.chunk = self.epoch + 1, 0
+            self.epoch, self.chunk = self.epoch + 1, rank
 
     def _done(self) -> bool:
         return self.epoch > 0 and not self.loop  # loop=False: epoch 0 only, like TensorStream

@@ -142,7 +142,11 @@ class _Run:
     def require_model(self) -> tuple[Any, Any, ModelSource]:
         if self.source is None:
             raise Skip("no language model behind this SAE's data (synthetic or unknown source)")
-        model, tokenizer = self.source.load()
+        try:
+            model, tokenizer = self.source.load()
+        except OSError as e:  # not installed, not cached and no hub access: say so, go on
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise Skip(f"model {self.source.model!r} cannot be loaded here ({first})") from None
         return model, tokenizer, self.source
 
 

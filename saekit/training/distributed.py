@@ -2,10 +2,10 @@
 
 Two layouts (`saekit train --parallel data|modules`):
 
-- **data**: every rank trains every SAE on its own slice of the stream (rank r takes batches
-  r, r + W, r + 2W, ...: disjoint, so no token is used twice per epoch). Gradients are
-  averaged with one all-reduce per step, so W ranks at batch B train exactly as one process
-  at batch W·B. Also reduced: the initial sample (input scale, b_dec), which latents fired
+- **data**: every rank trains every SAE on its own disjoint share of the stream: its own
+  cache shards or documents (`split_stream`), or for in-memory streams batches r, r + W, ...
+  (then W ranks at batch B train exactly as one process at batch W·B). Gradients are
+  averaged with one all-reduce per step. Also reduced: the initial sample (input scale, b_dec), which latents fired
   (dead-latent counters), the floating-point buffers that selectors and loss terms track
   (BatchTopK / Feature Choice thresholds, JumpReLU's λ, aux_zipf densities), and whether a
   stop was requested, so every rank stops at the same step. Rank 0 writes checkpoints, logs
@@ -84,6 +84,12 @@ class Distributed:
         self._call("all-reduce", dist.all_reduce, flags, op=dist.ReduceOp.MAX)
         return flags.bool()
 
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """One picklable object from every rank, in rank order."""
+        out: list[Any] = [None] * self.world_size
+        self._call("all-gather", dist.all_gather_object, out, obj)
+        return out
+
     def gather_cat(self, x: torch.Tensor) -> torch.Tensor:
         """[n, ...] on every rank -> [W·n, ...], rank-major (equal n on every rank)."""
         parts = [torch.empty_like(x) for _ in range(self.world_size)]
@@ -132,6 +138,15 @@ def from_environment(
             backend, timeout=datetime.timedelta(seconds=timeout_s), rank=int(os.environ["RANK"])
         )
     return Distributed(dist.get_rank(), dist.get_world_size(), mode)
+
+
+def split_stream(stream: Any, group: Distributed) -> Any:
+    """Rank r's disjoint share of `stream`: its own shards or documents where the stream can
+    (`shard`: caches, model streams), else every W-th batch (`RankSlice`)."""
+    if hasattr(stream, "shard"):
+        stream.shard(group.rank, group.world_size)
+        return stream
+    return RankSlice(stream, group.rank, group.world_size)
 
 
 class RankSlice:

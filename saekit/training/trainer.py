@@ -304,19 +304,19 @@ class Trainer:
                         self._log(log)
                         bar.set_postfix_str(self._postfix())
                     every = self.cfg.checkpoint_every
-                    if every and self.step % every == 0 and self.out_dir is not None:
+                    if every and self.step % every == 0:
                         self.save_checkpoint()
                     if self._stop_requested(interrupts.requested):
                         raise KeyboardInterrupt
             except KeyboardInterrupt:
-                if self.out_dir is not None:
+                if self.out_dir is not None or self.dp is not None:
                     self.save_checkpoint()
                 raise
             finally:
                 bar.close()
                 if log is not None:
                     log.close()
-        if self.out_dir is not None:
+        if self.out_dir is not None or self.dp is not None:
             self.save_checkpoint()
         self._finalise()
         if self.out_dir is not None:
@@ -412,7 +412,7 @@ class Trainer:
             "target_scale": self.target_scale,
             "initialised": self.initialised,
             "train_config": asdict(self.cfg),
-            "stream": self._stream_position or self.stream.state_dict(),
+            "stream": self._stream_state(),
             "torch_rng": torch.get_rng_state(),
             "members": [
                 {
@@ -428,9 +428,19 @@ class Trainer:
             ],
         }
 
-    def save_checkpoint(self) -> Path:
-        assert self.out_dir is not None
-        return ckpt.write_checkpoint(self.out_dir / "checkpoints", self.step, self.state_dict())
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint (rank 0 of a data-parallel group; every rank must call it, since
+        sharded streams gather each rank's position)."""
+        state = self.state_dict()
+        if self.out_dir is None:
+            return None
+        return ckpt.write_checkpoint(self.out_dir / "checkpoints", self.step, state)
+
+    def _stream_state(self) -> dict[str, Any]:
+        position = self._stream_position or self.stream.state_dict()
+        if self.dp is None or not getattr(self.stream, "shard", None):
+            return position  # one position (RankSlice: the same on every rank)
+        return {"ranks": self.dp.gather_objects(position)}
 
     @classmethod
     def resume(
@@ -466,7 +476,16 @@ class Trainer:
         trainer.scale = state["scale"]
         trainer.target_scale = state.get("target_scale", state["scale"])
         trainer.initialised = state["initialised"]
-        stream.load_state_dict(state["stream"])
+        position = state["stream"]
+        if "ranks" in position:  # a sharded data-parallel stream: one position per rank
+            ranks = position["ranks"]
+            if trainer.dp is None or trainer.dp.world_size != len(ranks):
+                raise ckpt.CheckpointError(
+                    f"{out_dir}: this run read sharded data on {len(ranks)} ranks; resume it "
+                    f"with --nproc {len(ranks)}"
+                )
+            position = ranks[trainer.dp.rank]
+        stream.load_state_dict(position)
         torch.set_rng_state(state["torch_rng"])
         for m, ms in zip(trainer.members, state["members"], strict=True):
             m.sae.load_state_dict(ms["model"])
