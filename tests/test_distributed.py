@@ -107,23 +107,48 @@ def test_a_dead_rank_stops_the_others_with_a_message_and_the_run_resumes(tmp_pat
     assert native.load(out / "saes" / "topk").W_dec.shape == (64, 16)
 
 
-def test_sharded_cache_ranks_read_their_own_shards_and_checkpoint_each_position(tmp_path):
+def tiny_cache(path: Path, hookpoints: list[str]) -> Path:
+    """A cache of the tiny test model, captured in one forward for every hookpoint."""
     from tiny_model import TEXTS, tiny_model, tiny_tokenizer
 
     from saekit.data.cache import write_cache
     from saekit.data.corpora import TextListCorpus
-    from saekit.training import checkpoint as ckpt
 
     docs = [f"doc {i}: {TEXTS[i % 8]} {TEXTS[(i * 3) % 8]}" for i in range(300)]
-    write_cache(tmp_path / "cache", tiny_model(), tiny_tokenizer(), TextListCorpus(docs, 0.2),
-                ["model.layers.0"], n_tokens=600, shard_tokens=100, eval_tokens=100, ctx_len=16)  # fmt: skip
-    args = ["train", "--data", f"cache:{tmp_path / 'cache'}", "-a", "topk", "--k", "4",
-            "--n-latents", "64", "--batch-size", "64", "--steps", "12", "--eval-tokens", "64",
-            "--no-progress", "--threads", "1", "--out", str(tmp_path / "run")]  # fmt: skip
-    r = torchrun("-m", "saekit", *args)
+    write_cache(path, tiny_model(), tiny_tokenizer(), TextListCorpus(docs, 0.2), hookpoints,
+                n_tokens=600, shard_tokens=100, eval_tokens=100, ctx_len=16)  # fmt: skip
+    return path
+
+
+def cache_args(spec: str, out: Path) -> list[str]:
+    return ["train", "--data", spec, "-a", "topk", "--k", "4", "--n-latents", "64",
+            "--batch-size", "64", "--steps", "12", "--eval-tokens", "64", "--no-progress",
+            "--threads", "1", "--out", str(out)]  # fmt: skip
+
+
+def test_sharded_cache_ranks_read_their_own_shards_and_checkpoint_each_position(tmp_path):
+    from saekit.training import checkpoint as ckpt
+
+    cache = tiny_cache(tmp_path / "cache", ["model.layers.0"])
+    r = torchrun("-m", "saekit", *cache_args(f"cache:{cache}", tmp_path / "run"))
     assert r.returncode == 0, r.stdout + r.stderr
     state = ckpt.read_checkpoint(ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints"))
     positions = state["stream"]["ranks"]
     assert len(positions) == 2 and state["world_size"] == 2
     # Resuming sharded data on another number of ranks is refused in one line.
     assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+
+
+def test_module_parallel_trains_two_hookpoints_on_two_ranks(tmp_path):
+    hooks = ["model.layers.0", "model.layers.1"]
+    cache = tiny_cache(tmp_path / "cache", hooks)
+    spec = f"cache:{cache}@{','.join(hooks)}"
+    r = torchrun("-m", "saekit", *cache_args(spec, tmp_path / "mp"), "--parallel", "modules")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for hook in hooks:  # each equals that hookpoint trained alone, bit for bit
+        assert main(cache_args(f"cache:{cache}@{hook}", tmp_path / hook)) == 0
+        ours = tmp_path / "mp" / "saes" / f"topk-{hook}"
+        assert native.load(ours).metadata["data"]["hookpoint"] == hook
+        assert_same_weights(ours, tmp_path / hook / "saes" / "topk", exact=True)
+    # One process cannot take several hookpoints: one line, before any work.
+    assert main(cache_args(spec, tmp_path / "single")) == 2

@@ -257,14 +257,16 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
     if not at:
         name, hookpoint = spec[len("model:") :], ""
     name = name or "default"
-    hookpoint = canonical_hookpoint(hookpoint)  # a malformed pair fails here, before any load
+    # Several hookpoints (module parallelism) are captured in the same forward.
+    hookpoints = [canonical_hookpoint(h) for h in hookpoint.split(",")] if hookpoint else [""]
+    hookpoint = hookpoints[0]  # a malformed pair fails above, before any load
     from saekit.sae import get_architecture
 
     # g-SAE trains on the downstream-loss gradient: store it beside x (full forward + backward).
     archs = [a.strip() for a in str(settings["architecture"]).split(",") if a.strip()]
     with_grad = any("grad" in get_architecture(a).needs_extras for a in archs)
     cache_dir = out / "activations"
-    if (cache_dir / "manifest.json").is_file():
+    if len(hookpoints) == 1 and (cache_dir / "manifest.json").is_file():
         manifest = load_manifest(cache_dir)
         hp = hookpoint or next(iter(manifest["hookpoints"]))
         entry = manifest["hookpoints"].get(hp)
@@ -279,6 +281,7 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
     print(f"loading model {name!r} ...")
     model, tokenizer = load_model_cached(name)
     hookpoint = hookpoint or default_hookpoint(model)
+    hookpoints = [h or hookpoint for h in hookpoints]
     print(
         f"capturing {n} tokens at {hookpoint}{' with gradients' if with_grad else ''} into {cache_dir} ..."
     )
@@ -289,7 +292,7 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
         model,
         tokenizer,
         "default",
-        [hookpoint],
+        hookpoints,
         n_tokens=n,
         eval_tokens=max(n // 10, 4096),
         seed=int(settings["seed"]),
@@ -299,7 +302,7 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
         overwrite=True,
         progress=True,
     )
-    return f"cache:{cache_dir}@{hookpoint}"
+    return f"cache:{cache_dir}@{','.join(hookpoints)}"
 
 
 def run(args) -> int:
@@ -318,6 +321,22 @@ def run(args) -> int:
     finally:
         if group is not None:
             group.close()
+
+
+def own_hookpoint(source: str, hookpoints: list[str], group) -> tuple[str, tuple[int, int]]:
+    """(this rank's hookpoint, (start, step) of its share of the sweep): rank r trains
+    hookpoint r mod H, and the W/H ranks of one hookpoint split its sweep."""
+    if group is None or group.mode != "modules":
+        raise UsageError(
+            f"{len(hookpoints)} hookpoints: train them together with --nproc N --parallel "
+            "modules (one capture, a set of SAEs per hookpoint), or one run per hookpoint"
+        )
+    if not source.startswith("cache:"):
+        raise UsageError("several hookpoints train from a cache: keep --cache-tokens above 0")
+    n_hooks, world = len(hookpoints), group.world_size
+    if world % n_hooks:
+        raise UsageError(f"{n_hooks} hookpoints on {world} ranks: use a multiple of {n_hooks}")
+    return hookpoints[group.rank % n_hooks], (group.rank // n_hooks, world // n_hooks)
 
 
 def resolve_device(name: str) -> str:
@@ -353,7 +372,7 @@ def launch_torchrun(nproc: int) -> int:
 
 
 def _run(args, group) -> int:
-    from saekit.data import open_stream
+    from saekit.data import open_stream, split_hookpoints
     from saekit.sae import get_architecture, make_config
     from saekit.training.distributed import BroadcastStream, split_stream
     from saekit.training.report import write_run_report
@@ -377,7 +396,11 @@ def _run(args, group) -> int:
             settings = group.broadcast_object(settings if main else None)
     batch_size = int(settings["batch_size"])
     modules = group is not None and group.mode == "modules"
-    if modules:  # one reader, batches broadcast to every rank
+    source_spec, hookpoints = split_hookpoints(settings["train_data"])
+    if hookpoints:  # several hookpoints: each rank reads its own from the shared cache
+        hookpoint, share = own_hookpoint(source_spec, hookpoints, group)
+        stream = open_stream(f"{source_spec}@{hookpoint}", batch_size, seed=int(settings["seed"]))
+    elif modules:  # one reader, batches broadcast to every rank
         source = (
             open_stream(settings["train_data"], batch_size, seed=int(settings["seed"]))
             if main
@@ -405,7 +428,11 @@ def _run(args, group) -> int:
         # Paired data (model:NAME@SOURCE->TARGET) carry a target: every SAE is a transcoder.
         pair = stream.describe().get("pair")  # passed on by the distributed wrappers too
         runs = all_runs = sweep(settings, stream.d_in, pair["d_out"] if pair else None)
-        if modules:
+        if hookpoints:  # this rank's share of the sweep, named by its hookpoint
+            mine = list(runs)[share[0] :: share[1]]
+            runs = {f"{name}-{hookpoint}": runs[name] for name in mine}
+            all_runs = {f"{n}-{h}": r for h in hookpoints for n, r in all_runs.items()}
+        elif modules:
             mine = list(runs)[group.rank :: group.world_size]
             if not mine:
                 raise UsageError(

@@ -17,6 +17,15 @@ from saekit.data.stream import ActivationStream, Batch, TensorStream
 SPLITS = ("train", "eval")
 
 
+def split_hookpoints(spec: str) -> tuple[str, list[str]]:
+    """'cache:DIR@h1,h2' -> ('cache:DIR', ['h1', 'h2']): several hookpoints of one source
+    (module-parallel training, one SAE set per hookpoint); one or none -> (spec, [])."""
+    base, at, hooks = spec.rpartition("@")
+    if not at or "," not in hooks:
+        return spec, []
+    return base, [h.strip() for h in hooks.split(",") if h.strip()]
+
+
 def open_stream(
     spec: str, batch_size: int, seed: int = 0, split: str = "train", **kwargs: Any
 ) -> ActivationStream:

@@ -465,13 +465,6 @@ class Trainer:
             arch = ms["sae_config"]["architecture"]
             saes[ms["name"]] = get_architecture(arch)(make_config(arch, **fields))
         trainer = cls(saes, stream, cfg, out_dir, group=group)
-        world = trainer.dp.world_size if trainer.dp is not None else 1
-        if state.get("world_size", 1) != world:
-            warnings.warn(
-                f"{out_dir}: checkpoint written by {state.get('world_size', 1)} data-parallel "
-                f"rank(s), resumed on {world}: the run continues with a different global batch",
-                stacklevel=2,
-            )
         trainer.step = state["step"]
         trainer.scale = state["scale"]
         trainer.target_scale = state.get("target_scale", state["scale"])
@@ -486,6 +479,13 @@ class Trainer:
                 )
             position = ranks[trainer.dp.rank]
         stream.load_state_dict(position)
+        world = trainer.dp.world_size if trainer.dp is not None else 1
+        if state.get("world_size", 1) != world:
+            warnings.warn(
+                f"{out_dir}: checkpoint written by {state.get('world_size', 1)} data-parallel "
+                f"rank(s), resumed on {world}: the run continues with a different global batch",
+                stacklevel=2,
+            )
         torch.set_rng_state(state["torch_rng"])
         for m, ms in zip(trainer.members, state["members"], strict=True):
             m.sae.load_state_dict(ms["model"])
