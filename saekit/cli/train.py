@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 0,
     "dead_window_tokens": 1_000_000,
     "option": [],
+    "log": "jsonl",
 }
 
 
@@ -89,6 +90,9 @@ def add_parser(sub) -> None:
         "--threads", type=int, help="torch threads (default: all cores when idle, else 1)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--log", help="metric sinks: jsonl,tensorboard,wandb (W&B offline; default jsonl)"
+    )
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -222,6 +226,7 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
 def run(args) -> int:
     from saekit.data import open_stream
     from saekit.sae import get_architecture, make_config
+    from saekit.training.logsinks import parse_sinks
     from saekit.training.report import write_run_report
     from saekit.training.trainer import TrainConfig, Trainer
 
@@ -235,6 +240,7 @@ def run(args) -> int:
     else:
         settings = resolve(args)
         out = Path(settings["out"])
+    log_sinks = parse_sinks(settings.get("log"))  # a missing package fails before any work
     if not args.resume:
         settings["train_data"] = prepare_data(settings, out)
     stream = open_stream(
@@ -264,6 +270,7 @@ def run(args) -> int:
         print(
             f"training {len(saes)} SAE(s): {', '.join(saes)}; {cfg.steps} steps x {stream.batch_size} tokens"
         )
+    trainer.log_sinks = log_sinks
     try:
         trainer.fit()
     except KeyboardInterrupt:
