@@ -59,6 +59,24 @@ def arch_fields(architecture: str, source: str) -> set[str]:
     return {f.name for f in dataclasses.fields(get_architecture(architecture).Config)}
 
 
+def transcoder_options(
+    architecture: str, d_out: int, skip: bool, source: str, **more: Any
+) -> dict[str, Any]:
+    """Config fields that make saekit `architecture` a transcoder (input not centred, output
+    width d_out, optional skip path), or an error when this saekit has no such option."""
+    fields = arch_fields(architecture, source)
+    if "transcode" not in fields:
+        raise InteropError(
+            f"{source}: is a transcoder, but saekit {architecture!r} has no transcoder option "
+            "in this version"
+        )
+    return {"transcode": True, "d_out": d_out, "skip": skip, **more}
+
+
+def is_transcoder(sae: SAE) -> bool:
+    return bool(getattr(sae.cfg, "transcode", False))
+
+
 def build(architecture: str, tensors: dict[str, torch.Tensor], source: str, **cfg: Any) -> SAE:
     """A saekit SAE of `architecture` holding exactly `tensors` (saekit names/orientation)."""
     arch_fields(architecture, source)

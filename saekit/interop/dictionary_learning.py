@@ -34,6 +34,7 @@ from saekit.interop.base import (
     InteropError,
     build,
     data_record,
+    is_transcoder,
     need,
     provenance,
     read_json,
@@ -177,6 +178,8 @@ def read(path: str | Path, dict_class: str | None = None) -> SAE:
 
 def state_dict(sae: SAE) -> tuple[str, dict[str, torch.Tensor]]:
     """(dict_class, state dict) of the dictionary_learning class equivalent to `sae`."""
+    if is_transcoder(sae):
+        raise InteropError("dictionary_learning has no transcoder dictionaries")
     sd = {k: v.detach().to(torch.float32).cpu() for k, v in sae.state_dict().items()}
     a = sae.architecture
     if a == "relu":

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from saekit.interop import hookpoints as hp
-from saekit.interop.base import InteropError, hookpoint_of, model_of, sae_metadata
+from saekit.interop.base import InteropError, hookpoint_of, is_transcoder, model_of, sae_metadata
 from saekit.sae.base import SAE
 
 
@@ -65,7 +65,7 @@ class SAEBenchAdapter(nn.Module):
         layout: str = "llama",
     ):
         super().__init__()
-        if sae.architecture in ("transcoder", "skip_transcoder"):
+        if is_transcoder(sae):
             raise InteropError("SAEBench evaluates autoencoders; a transcoder has no SAEBench view")
         self.sae = sae
         if hook_name is None:
@@ -103,8 +103,9 @@ class SAEBenchAdapter(nn.Module):
     # ---- weights in SAEBench's orientation (views, never copies) ---------------------------
     @property
     def W_enc(self) -> torch.Tensor:
-        w = self.sae.W_enc if self.sae.has_encoder else self.sae.W_dec
-        return w.T
+        # A pursuit encoder (MP-SAE) has no W_enc: it correlates with the atoms themselves.
+        w = getattr(self.sae, "W_enc", None)
+        return (self.sae.W_dec if w is None else w).T
 
     @property
     def W_dec(self) -> torch.Tensor:
@@ -112,8 +113,9 @@ class SAEBenchAdapter(nn.Module):
 
     @property
     def b_enc(self) -> torch.Tensor:
-        if self.sae.has_encoder and hasattr(self.sae, "b_enc"):
-            return self.sae.b_enc
+        b = getattr(self.sae, "b_enc", None)
+        if b is not None:
+            return b
         return torch.zeros(self.sae.n_latents, device=self.device, dtype=self.dtype)
 
     @property

@@ -10,8 +10,10 @@ saekit's as:
                              their inference form: a JumpReLU whose thresholds all equal the
                              learned global threshold (metadata.training_architecture says so)
   gated                  <-> gated  (b_gate, r_mag, b_mag)
-  transcoder, skip_transcoder, jumprelu_transcoder <-> transcoder / skip_transcoder
-                             (SAELens's W_skip is [d_out, d_in], saekit's [d_in, d_out])
+  transcoder, skip_transcoder (ReLU)          <-> relu with transcode=true (skip=true)
+  jumprelu_transcoder, jumprelu_skip_transcoder <-> jumprelu with transcode=true (skip=true)
+                             (SAELens's W_skip is [d_out, d_in], saekit's [d_in, d_out]; a
+                             transcoder's input is not centred)
 
 Read-side conversions that are exact rather than approximate: apply_b_dec_to_input=False
 (the input is not centred) becomes b_enc + b_dec·W_enc; a negative JumpReLU threshold acts
@@ -32,16 +34,17 @@ from safetensors.torch import load_file, save_file
 from saekit.interop import hookpoints as hp
 from saekit.interop.base import (
     InteropError,
-    arch_fields,
     build,
     check_shape,
     data_record,
     hookpoint_of,
+    is_transcoder,
     model_of,
     need,
     provenance,
     read_json,
     sae_metadata,
+    transcoder_options,
     uniform_value,
     unsupported,
 )
@@ -53,8 +56,8 @@ SPARSITY = "sparsity.safetensors"
 # The SAELens release whose layout this module writes (and was tested against).
 WRITES_VERSION = "6.54.12"
 TRANSCODERS = ("transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder")
-EXPORTABLE = ["relu", "topk", "jumprelu", "batchtopk", "matryoshka", "gated", "transcoder",
-              "skip_transcoder"]  # fmt: skip
+EXPORTABLE = ["relu", "topk", "jumprelu", "batchtopk", "matryoshka", "gated",
+              "relu/jumprelu with transcode=true"]  # fmt: skip
 
 
 def is_saelens_dir(path: Path) -> bool:
@@ -215,44 +218,26 @@ def _read_sae(arch, cfg, meta, t, src, d_in, n, centred) -> SAE:
     )
 
 
-def transcoder_config(
-    name: str, d_in: int, d_out: int, n: int, activation: str, source: str, k: int | None = None
-) -> dict[str, Any]:
-    """Config fields for saekit transcoder `name` with the given activation (relu, jumprelu
-    or topk); an error when that saekit transcoder cannot use it."""
-    fields = arch_fields(name, source)
-    cfg: dict[str, Any] = {"d_in": d_in, "n_latents": n}
-    if "d_out" in fields:
-        cfg["d_out"] = d_out
-    if "activation" in fields:
-        cfg["activation"] = activation
-    elif (activation == "topk") != ("k" in fields):
-        raise InteropError(
-            f"{source}: saekit {name!r} has no {activation} activation (its options: "
-            f"{', '.join(sorted(fields))}), so this transcoder cannot be represented"
-        )
-    if activation == "topk":
-        cfg["k"] = k
-    return cfg
-
-
 def _read_transcoder(arch, cfg, t, src, d_in, n) -> SAE:
+    """SAELens transcoders are ReLU (transcoder, skip_transcoder) or JumpReLU
+    (jumprelu_transcoder, jumprelu_skip_transcoder): saekit's relu / jumprelu with
+    transcode=true (and skip=true)."""
     d_out = int(cfg.get("d_out", d_in))
     W_enc, b_enc, W_dec, b_dec = need(t, src, "W_enc", "b_enc", "W_dec", "b_dec")
     check_shape(W_enc, (d_in, n), "W_enc", src)
     check_shape(W_dec, (n, d_out), "W_dec", src)
     weights = {"W_enc": W_enc.T.contiguous(), "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
-    jump = arch.startswith("jumprelu")
-    if jump:
+    ours = "jumprelu" if arch.startswith("jumprelu") else "relu"
+    if ours == "jumprelu":
         (theta,) = need(t, src, "threshold")
         weights["threshold"] = theta.clamp_min(0.0)
-    name = "skip_transcoder" if arch.endswith("skip_transcoder") else "transcoder"
-    if name == "skip_transcoder":
+    skip = arch.endswith("skip_transcoder")
+    if skip:
         (W_skip,) = need(t, src, "W_skip")
         check_shape(W_skip, (d_out, d_in), "W_skip", src)
-        weights["W_skip"] = W_skip.T.contiguous()
-    fields = transcoder_config(name, d_in, d_out, n, "jumprelu" if jump else "relu", src)
-    return build(name, weights, src, **fields)
+        weights["W_skip"] = W_skip.T.contiguous()  # saekit: [d_in, d_out]
+    options = transcoder_options(ours, d_out, skip, src)
+    return build(ours, weights, src, d_in=d_in, n_latents=n, **options)
 
 
 # ---- write -----------------------------------------------------------------------------------
@@ -273,7 +258,9 @@ def write(
     cfg: dict[str, Any] = {"d_in": sae.d_in, "d_sae": sae.n_latents, "dtype": "float32",
                            "device": "cpu", "apply_b_dec_to_input": True,
                            "normalize_activations": "none", "reshape_activations": "none"}  # fmt: skip
-    if arch == "relu":
+    if is_transcoder(sae):
+        out_arch, w = _write_transcoder(sae, sd, cfg)
+    elif arch == "relu":
         out_arch = "standard"
         w = {
             "W_enc": sd["W_enc"].T,
@@ -315,8 +302,6 @@ def write(
         out_arch = "gated"
         w = {"W_enc": sd["W_enc"].T, "b_gate": sd["b_gate"], "r_mag": sd["r_mag"],
              "b_mag": sd["b_mag"], "W_dec": sd["W_dec"], "b_dec": sd["b_dec"]}  # fmt: skip
-    elif arch in ("transcoder", "skip_transcoder"):
-        out_arch, w = _write_transcoder(sae, sd, cfg)
     else:
         raise unsupported(sae, "SAELens", EXPORTABLE)
 
@@ -344,21 +329,15 @@ def write(
 
 
 def _write_transcoder(sae: SAE, sd: dict, cfg: dict) -> tuple[str, dict]:
-    fields = set(sae.cfg.to_dict())
-    activation = getattr(sae.cfg, "activation", None)
-    if activation is None and "k" in fields:
-        activation = "topk"
-    activation = activation or "relu"
-    if activation not in ("relu", "jumprelu"):
+    if sae.architecture not in ("relu", "jumprelu"):
         raise InteropError(
-            f"SAELens transcoders are ReLU or JumpReLU; this saekit {sae.architecture} uses "
-            f"{activation}"
+            f"SAELens transcoders are ReLU or JumpReLU; this one is a saekit "
+            f"{sae.architecture!r} transcoder"
         )
-    d_out = int(sd["W_dec"].shape[1])
-    cfg.update(d_out=d_out, apply_b_dec_to_input=False)
+    cfg.update(d_out=int(sd["W_dec"].shape[1]), apply_b_dec_to_input=False)
     w = {"W_enc": sd["W_enc"].T, "b_enc": sd["b_enc"], "W_dec": sd["W_dec"], "b_dec": sd["b_dec"]}
     name = "transcoder"
-    if activation == "jumprelu":
+    if sae.architecture == "jumprelu":
         w["threshold"] = sd["threshold"].clamp_min(0.0)
         name = "jumprelu_transcoder"
     if "W_skip" in sd:

@@ -27,17 +27,21 @@ from saekit.interop.base import (
     check_shape,
     data_record,
     hookpoint_of,
+    is_transcoder,
     need,
     provenance,
     read_json,
+    transcoder_options,
     unsupported,
 )
-from saekit.interop.saelens import transcoder_config
 from saekit.sae.base import SAE
 
 CONFIG = "cfg.json"
 WEIGHTS = "sae.safetensors"
-EXPORTABLE = ["topk", "transcoder", "skip_transcoder (TopK, d_out = d_in)"]
+# saekit architectures whose inference code is sparsify's TopK(ReLU(.)) (with transcode=true
+# for transcoders; "transcoder"/"skip_transcoder" are saekit's TopK transcoders).
+TOPK_CODERS = ("topk", "transcoder", "skip_transcoder")
+EXPORTABLE = ["topk", "transcoder / skip_transcoder (d_out = d_in)"]
 
 
 def is_sparsify_dir(path: Path) -> bool:
@@ -77,13 +81,12 @@ def read(path: str | Path) -> SAE:
     skip = bool(cfg.get("skip_connection"))
     weights = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
     if transcode:
-        name = "skip_transcoder" if skip else "transcoder"
+        name = "skip_transcoder" if skip else "transcoder"  # saekit's TopK transcoders
         if skip:
             (W_skip,) = need(t, src, "W_skip")
-            weights["W_skip"] = W_skip.T.contiguous()
-        d_out = int(W_dec.shape[1])
-        fields = transcoder_config(name, d_in, d_out, n, "topk", src, k=k)
-        sae = build(name, weights, src, **fields)
+            weights["W_skip"] = W_skip.T.contiguous()  # sparsify: [d_out, d_in]
+        options = transcoder_options(name, int(W_dec.shape[1]), skip, src)
+        sae = build(name, weights, src, d_in=d_in, n_latents=n, k=k, **options)
     elif skip:
         raise InteropError(
             f"{src}: a sparsify autoencoder with a skip connection has no saekit equivalent "
@@ -109,8 +112,8 @@ def write(sae: SAE, path: str | Path, hookpoint: str | None = None) -> Path:
     Returns the folder written."""
     arch = sae.architecture
     sd = {k: v.detach().to(torch.float32).cpu() for k, v in sae.state_dict().items()}
-    is_tc = arch in ("transcoder", "skip_transcoder")
-    if arch != "topk" and not (is_tc and "k" in sae.cfg.to_dict()):
+    is_tc = is_transcoder(sae)
+    if arch not in TOPK_CODERS:
         raise unsupported(sae, "sparsify (TopK coders only)", EXPORTABLE)
     d_in, n = sae.d_in, sae.n_latents
     tensors = {"encoder.weight": sd["W_enc"], "encoder.bias": sd["b_enc"],
