@@ -89,6 +89,14 @@ def test_hookpoint_names_map_both_ways(tl, module):
     assert back == tl or {back, tl} == {"blocks.6.hook_resid_mid", "blocks.6.hook_mlp_in"}
 
 
+def test_site_suffix_names_the_side():
+    from saekit.interop.hookpoints import parse_site
+
+    assert parse_site("model.layers.6.mlp:in") == ("model.layers.6.mlp", "input")
+    assert parse_site("model.layers.6") == ("model.layers.6", "output")
+    assert module_to_tl(*parse_site("model.layers.6:in")) == "blocks.6.hook_resid_pre"
+
+
 def test_gpt2_layout_and_sparsify_names():
     assert tl_to_module("blocks.2.hook_mlp_out", "gpt2") == ("transformer.h.2.mlp", "output")
     assert module_to_tl("transformer.h.2.ln_2") == "blocks.2.ln2.hook_normalized"

@@ -125,8 +125,12 @@ def sae_metadata(sae: SAE) -> dict[str, Any]:
 
 def hookpoint_of(sae: SAE) -> tuple[str | None, str]:
     """(module path, 'output'|'input') recorded for a saekit SAE, or (None, 'output')."""
+    from saekit.interop.hookpoints import parse_site
+
     data = sae_metadata(sae).get("data") or {}
-    return data.get("hookpoint") or None, data.get("which") or "output"
+    if not data.get("hookpoint"):
+        return None, data.get("which") or "output"
+    return parse_site(str(data["hookpoint"]), data.get("which") or "output")
 
 
 def model_of(sae: SAE) -> str | None:

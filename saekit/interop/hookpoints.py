@@ -117,6 +117,18 @@ def module_to_tl(path: str, which: Which = "output") -> str:
     )
 
 
+def parse_site(site: str, which: Which = "output") -> tuple[str, Which]:
+    """'model.layers.6.mlp:in' -> ('model.layers.6.mlp', 'input'); a bare path keeps `which`."""
+    path, colon, side = site.rpartition(":")
+    if colon and side in ("in", "out", "input", "output"):
+        return path, "input" if side.startswith("in") else "output"
+    return site, which
+
+
+def is_tl_name(name: str) -> bool:
+    return name.startswith("blocks.") or name in GLOBAL_TL_NAMES
+
+
 def layer_of(name: str) -> int | None:
     """The block index in a TransformerLens name or a module path, if there is one."""
     m = re.search(r"(?:blocks|layers|h)\.(\d+)", name)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from saekit.formats import native
 from saekit.interop import dictionary_learning, saelens, sparsify
 from saekit.interop.base import InteropError
-from saekit.interop.hookpoints import GLOBAL_TL_NAMES, tl_to_module
+from saekit.interop.hookpoints import is_tl_name, parse_site, tl_to_module
 from saekit.sae.base import SAE
 
 FORMATS = ("saekit", "saelens", "sparsify", "dictionary_learning")
@@ -76,11 +76,11 @@ def write(sae: SAE, path: str | Path, fmt: str, hookpoint: str | None = None,
         meta = dict(getattr(sae, "metadata", None) or {})
         if hookpoint:
             data = meta["data"] = dict(meta.get("data") or {})
-            if hookpoint.startswith("blocks.") or hookpoint in GLOBAL_TL_NAMES:
+            if is_tl_name(hookpoint):
                 data["tl_hook_name"] = hookpoint
                 data["hookpoint"], data["which"] = tl_to_module(hookpoint, layout)
             else:
-                data["hookpoint"] = hookpoint
+                data["hookpoint"], data["which"] = parse_site(hookpoint)
         out = native.save(sae, path, meta)
         density = getattr(sae, "log10_feature_density", None)
         if density is not None:
@@ -89,8 +89,9 @@ def write(sae: SAE, path: str | Path, fmt: str, hookpoint: str | None = None,
     if fmt == "saelens":
         return saelens.write(sae, path, hookpoint=hookpoint, model_name=model_name, layout=layout)
     if fmt == "sparsify":
-        if hookpoint and (hookpoint.startswith("blocks.") or hookpoint in GLOBAL_TL_NAMES):
+        if hookpoint and is_tl_name(hookpoint):
             hookpoint = tl_to_module(hookpoint, layout)[0]
+        hookpoint = parse_site(hookpoint)[0] if hookpoint else None
         return sparsify.write(sae, path, hookpoint=hookpoint)
     raise InteropError(f"cannot write format {fmt!r}; writable: {', '.join(WRITABLE)}")
 

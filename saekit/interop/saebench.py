@@ -77,8 +77,8 @@ class SAEBenchAdapter(nn.Module):
                 hook_name = hp.module_to_tl(module, which)
             else:
                 raise InteropError("the SAE records no hookpoint; pass hook_name")
-        elif not hook_name.startswith("blocks.") and hook_name not in hp.GLOBAL_TL_NAMES:
-            hook_name = hp.module_to_tl(hook_name)  # a module path was given
+        elif not hp.is_tl_name(hook_name):
+            hook_name = hp.module_to_tl(*hp.parse_site(hook_name))  # a module path was given
         layer = hook_layer if hook_layer is not None else hp.layer_of(hook_name)
         if layer is None:
             raise InteropError(f"cannot tell the layer of {hook_name!r}; pass hook_layer")

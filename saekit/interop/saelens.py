@@ -349,10 +349,10 @@ def _write_transcoder(sae: SAE, sd: dict, cfg: dict) -> tuple[str, dict]:
 def _names(sae: SAE, hookpoint: str | None, layout: str) -> tuple[str | None, str | None, str]:
     """(TransformerLens name, module path, which) for the written cfg."""
     meta = sae_metadata(sae).get("data") or {}
-    if hookpoint and (hookpoint.startswith("blocks.") or hookpoint in hp.GLOBAL_TL_NAMES):
+    if hookpoint and hp.is_tl_name(hookpoint):
         module, which = hp.tl_to_module(hookpoint, layout)
         return hookpoint, module, which
-    module, which = (hookpoint, "output") if hookpoint else hookpoint_of(sae)
+    module, which = hp.parse_site(hookpoint) if hookpoint else hookpoint_of(sae)
     if not module:
         return meta.get("tl_hook_name"), None, which
     try:
