@@ -105,19 +105,18 @@ class TensorBoardSink:
 class WandbSink:
     """A W&B run in offline mode under <run>/wandb; metrics as "<sae>/<metric>"."""
 
-    def __init__(self, out_dir: Path, step: int, config: dict[str, Any] | None = None):
+    def __init__(self, out_dir: Path, step: int):
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
+        # A resumed training run opens a new offline W&B run in the same folder; its steps
+        # continue after the checkpoint's.
         self._run = wandb.init(
             mode="offline",
             dir=str(out_dir),
             project=os.environ.get("WANDB_PROJECT", "saekit"),
             name=out_dir.name,
-            config=config or {},
-            reinit="finish_previous",
         )
-        self._start = step
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
         rows = list(rows)
