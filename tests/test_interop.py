@@ -187,7 +187,12 @@ def test_saelens_transcoders_import_with_same_outputs(tmp_path, name):
     ours = "jumprelu" if name.startswith("jumprelu") else "relu"
     _present(ours, {"transcode": True, "d_out": 12, "skip": True})
     cls, cfg_cls = get_sae_class(name)
-    theirs = cls(cfg_cls(d_in=D, d_sae=N, d_out=12, apply_b_dec_to_input=False))
+    from sae_lens.saes.sae import SAEMetadata
+
+    names = SAEMetadata(
+        hook_name="blocks.2.ln2.hook_normalized", hook_name_out="blocks.2.hook_mlp_out"
+    )
+    theirs = cls(cfg_cls(d_in=D, d_sae=N, d_out=12, apply_b_dec_to_input=False, metadata=names))
     torch.manual_seed(2)
     with torch.no_grad():
         for pname, p in theirs.named_parameters():
@@ -199,7 +204,27 @@ def test_saelens_transcoders_import_with_same_outputs(tmp_path, name):
     with torch.no_grad():
         assert_same(sae.encode(x), theirs.encode(x), codes=theirs.encode(x))
         assert_same(sae(x), theirs(x))
-    assert sae.metadata["data"]["which"] == "input"
+    assert (sae.metadata["data"]["hookpoint"], sae.metadata["data"]["which"]) == (
+        "model.layers.2.mlp",
+        "input",
+    )
+
+
+def test_transcoder_sites_name_mlp_input_and_output(tmp_path):
+    """SAELens names a transcoder by two hooks, saekit by one site M:in."""
+    pytest.importorskip("sae_lens")
+    _present("relu", {"transcode": True, "d_out": 12})
+    sae = randomised("relu", transcode=True, d_out=12)
+    sae.metadata["data"] = {"hookpoint": "model.layers.4.mlp", "which": "input"}
+    sl.write(sae, tmp_path / "tc")
+    meta = json.loads((tmp_path / "tc" / "cfg.json").read_text())["metadata"]
+    assert meta["hook_name"] == "blocks.4.ln2.hook_normalized"
+    assert meta["hook_name_out"] == "blocks.4.hook_mlp_out"
+    back = sl.read(tmp_path / "tc")
+    assert (back.metadata["data"]["hookpoint"], back.metadata["data"]["which"]) == (
+        "model.layers.4.mlp",
+        "input",
+    )
 
 
 def _saelens_trained(tmp_path, name, steps=25):

@@ -50,6 +50,12 @@ _BLOCK_HOOKS: dict[str, dict[str, tuple[str, Which]]] = {
         "attn.hook_z": ("attn.c_proj", "input"),
     },
 }
+# A module's input that equals a hook above (e.g. the MLP's input is ln2's output): how a
+# transcoder's site "model.layers.L.mlp:in" is named in TransformerLens terms.
+_INPUT_ALIASES = {
+    "llama": {"mlp": "ln2.hook_normalized", "self_attn": "ln1.hook_normalized"},
+    "gpt2": {"mlp": "ln2.hook_normalized", "attn": "ln1.hook_normalized"},
+}
 _BLOCKS = {"llama": "model.layers", "gpt2": "transformer.h"}
 _GLOBAL_HOOKS = {
     "llama": {"hook_embed": ("model.embed_tokens", "output"), "ln_final.hook_normalized": ("model.norm", "output")},
@@ -109,6 +115,8 @@ def module_to_tl(path: str, which: Which = "output") -> str:
         for hook, target in _BLOCK_HOOKS[layout].items():
             if target == (sub, which):
                 return f"blocks.{m.group(1)}.{hook}"
+        if which == "input" and sub in _INPUT_ALIASES[layout]:
+            return f"blocks.{m.group(1)}.{_INPUT_ALIASES[layout][sub]}"
     raise HookpointError(
         f"cannot map module {path!r} ({which}) to a TransformerLens hook name; known modules: "
         "model.layers.L[.mlp|.self_attn|.input_layernorm|.post_attention_layernorm|"

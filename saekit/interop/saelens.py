@@ -139,8 +139,16 @@ def read(path: str | Path, layout: str = "llama") -> SAE:
             module = None  # recorded under tl_hook_name; AFA/browse take --data anyway
     else:
         module = None
-    if arch in TRANSCODERS:
-        which = "input"
+    hook_out = meta.get("hook_name_out")
+    if arch in TRANSCODERS and hook_out:
+        # saekit names a transcoder by one site, "M:in": it reads M's input and predicts M's
+        # output (e.g. ln2.hook_normalized -> hook_mlp_out is model.layers.L.mlp:in).
+        try:
+            out_module, out_which = hp.tl_to_module(hook_out, layout)
+            if out_which == "output":
+                module, which = out_module, "input"
+        except hp.HookpointError:
+            pass
     sae.metadata = {
         "imported_from": provenance("sae_lens", path, arch, original),
         "data": data_record(
@@ -310,6 +318,12 @@ def write(
     tl_name, module, which = _names(sae, hookpoint, layout)
     if tl_name:
         meta["hook_name"] = tl_name
+    if is_transcoder(sae) and module and which == "input":
+        try:  # a transcoder at site M:in predicts M's output
+            meta["hook_name_out"] = hp.module_to_tl(module, "output")
+            meta["hf_hook_name_out"] = module
+        except hp.HookpointError:
+            pass
     if module:
         meta["hf_hook_name"] = module
     model_name = model_name or model_of(sae)
