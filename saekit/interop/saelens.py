@@ -24,6 +24,7 @@ each input or on statistics outside the file, so such SAEs are refused.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -266,50 +267,40 @@ def write(
     cfg: dict[str, Any] = {"d_in": sae.d_in, "d_sae": sae.n_latents, "dtype": "float32",
                            "device": "cpu", "apply_b_dec_to_input": True,
                            "normalize_activations": "none", "reshape_activations": "none"}  # fmt: skip
+    if "W_enc" not in sd:  # pursuit encoders (MP-SAE) have no SAELens form
+        raise unsupported(sae, "SAELens", EXPORTABLE)
+    # SAELens's W_enc is [d_in, d_sae]: the transpose of saekit's.
+    W_enc, W_dec, b_dec = sd["W_enc"].T, sd["W_dec"], sd["b_dec"]
     if is_transcoder(sae):
         out_arch, w = _write_transcoder(sae, sd, cfg)
-    elif arch == "relu":
-        out_arch = "standard"
-        w = {
-            "W_enc": sd["W_enc"].T,
-            "b_enc": sd["b_enc"],
-            "W_dec": sd["W_dec"],
-            "b_dec": sd["b_dec"],
-        }
-    elif arch == "topk":
-        out_arch = "topk"
-        cfg.update(k=int(sae.cfg.k), rescale_acts_by_decoder_norm=False)
-        w = {
-            "W_enc": sd["W_enc"].T,
-            "b_enc": sd["b_enc"],
-            "W_dec": sd["W_dec"],
-            "b_dec": sd["b_dec"],
-        }
-    elif arch == "jumprelu":
+    elif arch in ("relu", "topk"):
+        out_arch = "standard" if arch == "relu" else "topk"
+        if arch == "topk":
+            cfg.update(k=int(sae.cfg.k), rescale_acts_by_decoder_norm=False)
+        w = {"W_enc": W_enc, "b_enc": sd["b_enc"], "W_dec": W_dec, "b_dec": b_dec}
+    elif arch in ("jumprelu", "batchtopk", "matryoshka"):
         out_arch = "jumprelu"
-        w = {"W_enc": sd["W_enc"].T, "b_enc": sd["b_enc"], "W_dec": sd["W_dec"],
-             "b_dec": sd["b_dec"], "threshold": sd["threshold"].clamp_min(0.0)}  # fmt: skip
-    elif arch in ("batchtopk", "matryoshka"):
-        theta = float(sd["threshold"])
-        if theta < 0:
-            raise InteropError(
-                f"this {arch} SAE has no calibrated inference threshold (threshold = -1); "
-                "SAELens can only hold its threshold (JumpReLU) form. Train it to the end first"
+        theta = sd["threshold"]
+        if arch != "jumprelu":  # one global threshold: SAELens's BatchTopK inference form
+            if float(theta) < 0:
+                raise InteropError(
+                    f"this {arch} SAE has no calibrated inference threshold (threshold = -1); "
+                    "SAELens can only hold its threshold (JumpReLU) form. Train it to the end"
+                )
+            theta = torch.full((sae.n_latents,), float(theta))
+            details["training_architecture"] = (
+                "batchtopk" if arch == "batchtopk" else "matryoshka_batchtopk"
             )
-        out_arch = "jumprelu"
-        w = {"W_enc": sd["W_enc"].T, "b_enc": sd["b_enc"], "W_dec": sd["W_dec"],
-             "b_dec": sd["b_dec"], "threshold": torch.full((sae.n_latents,), theta)}  # fmt: skip
-        details["training_architecture"] = (
-            "batchtopk" if arch == "batchtopk" else "matryoshka_batchtopk"
-        )
-        td: dict[str, Any] = {"k": int(sae.cfg.k)}
-        if arch == "matryoshka":
-            td["matryoshka_widths"] = torch.tensor(sae.cfg.group_sizes).cumsum(0).tolist()
-        details["training_architecture_details"] = td
+            td: dict[str, Any] = {"k": int(sae.cfg.k)}
+            if arch == "matryoshka":
+                td["matryoshka_widths"] = torch.tensor(sae.cfg.group_sizes).cumsum(0).tolist()
+            details["training_architecture_details"] = td
+        w = {"W_enc": W_enc, "b_enc": sd["b_enc"], "W_dec": W_dec, "b_dec": b_dec,
+             "threshold": theta.clamp_min(0.0)}  # fmt: skip
     elif arch == "gated":
         out_arch = "gated"
-        w = {"W_enc": sd["W_enc"].T, "b_gate": sd["b_gate"], "r_mag": sd["r_mag"],
-             "b_mag": sd["b_mag"], "W_dec": sd["W_dec"], "b_dec": sd["b_dec"]}  # fmt: skip
+        w = {"W_enc": W_enc, "b_gate": sd["b_gate"], "r_mag": sd["r_mag"], "b_mag": sd["b_mag"],
+             "W_dec": W_dec, "b_dec": b_dec}  # fmt: skip
     else:
         raise unsupported(sae, "SAELens", EXPORTABLE)
 
@@ -378,6 +369,4 @@ def _names(sae: SAE, hookpoint: str | None, layout: str) -> tuple[str | None, st
 
 
 def _dumps(cfg: dict) -> str:
-    import json
-
     return json.dumps(cfg, indent=2, default=str) + "\n"

@@ -13,6 +13,7 @@ A transcoder's decoder has the input width (sparsify assumes d_out = d_in).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,5 @@ def write(sae: SAE, path: str | Path, hookpoint: str | None = None) -> Path:
     folder = Path(path) / hp.to_sparsify(module) if module else Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS))
-    import json
-
     (folder / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
     return folder
