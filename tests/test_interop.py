@@ -409,6 +409,39 @@ def test_sparsify_trained_coder_imports_with_same_outputs(tmp_path, transcode, s
         assert_same(sparsify.SparseCoder.load_from_disk(folder)(x).sae_out, coder(x).sae_out)
 
 
+def test_sparsify_trainer_run_on_a_real_model_converts_and_matches(tmp_path):
+    """sparsify's own Trainer, a few steps on a tiny random Llama (two hookpoints: a layer and
+    its MLP); `saekit convert` turns the run folder into saekit SAEs whose hookpoints are
+    real module paths of that model and whose outputs equal sparsify's on its activations."""
+    sparsify = pytest.importorskip("sparsify")
+    datasets = pytest.importorskip("datasets")
+    from sparsify.config import TrainConfig
+    from tiny_model import tiny_model
+
+    from saekit.data.hooks import capture, get_module
+
+    model = tiny_model()
+    torch.manual_seed(0)
+    ids = torch.randint(4, 300, (64, 16))
+    ds = datasets.Dataset.from_dict({"input_ids": ids.tolist()}).with_format("torch")
+    cfg = TrainConfig(sparsify.SparseCoderConfig(num_latents=64, k=4), batch_size=8,
+                      hookpoints=["layers.1", "layers.2.mlp"], log_to_wandb=False,
+                      save_dir=str(tmp_path), run_name="run", optimizer="adam", lr=3e-3)  # fmt: skip
+    sparsify.Trainer(cfg, ds, model).fit()
+    run = tmp_path / "run"
+    r = run_cli("convert", str(run), str(tmp_path / "ours"), "--to", "saekit")
+    assert r.returncode == 0, r.stderr
+    acts = capture(model, ids[:4], None, ["model.layers.1", "model.layers.2.mlp"])
+    for name in ("layers.1", "layers.2.mlp"):
+        sae = native.load(tmp_path / "ours" / name)
+        module = sae.metadata["data"]["hookpoint"]
+        get_module(model, module)  # a real module of the model the coder was trained on
+        x = acts[module].reshape(-1, acts[module].shape[-1]).float()
+        theirs = sparsify.SparseCoder.load_from_disk(run / name)
+        with torch.no_grad():
+            assert_same(sae(x), theirs(x).sae_out, codes=sae.encode(x))
+
+
 def test_sparsify_run_folder_converts_every_hookpoint(tmp_path):
     for layer in (2, 5):
         sae = randomised("topk", k=4)
