@@ -86,7 +86,7 @@ def encode_ours(sae, x) -> dict[str, torch.Tensor]:
 
 
 def encode_ours_cold(sae, x) -> dict[str, torch.Tensor]:
-    sae._gram = None  # drop the cached Gram matrix: rebuilt inside encode
+    sae.selector._gram = None  # drop the cached Gram matrix: rebuilt inside encode
     return encode_ours(sae, x)
 
 
@@ -119,7 +119,7 @@ def train_ours(sae, x) -> dict[str, torch.Tensor]:
 
 
 def train_naive(sae, x) -> dict[str, torch.Tensor]:
-    from saekit.sae.base import reconstruction_loss
+    from saekit.sae.losses import reconstruction_loss
     from saekit.sae.pursuit import naive_pursuit
 
     codes, x_hat, _ = naive_pursuit(sae.W_dec, x, sae.b_dec, sae.cfg.n_steps, sae.cfg.sign)
@@ -202,7 +202,7 @@ def ratio_child(size_name: str, rounds: int, out: Path) -> None:
     def phases(x: torch.Tensor) -> list[float]:
         ticks = [time.perf_counter()]
         new_dictionary(sae)  # as after an optimiser step
-        G = sae.gram()
+        G = sae.selector.gram(sae)
         ticks.append(time.perf_counter())
         r0 = (x - sae.b_dec).detach()
         c0 = r0 @ sae.W_dec.detach().T

@@ -8,8 +8,9 @@ import torch
 
 import saekit
 from saekit.sae import TrainContext, make_config
-from saekit.sae.base import reconstruction_loss
-from saekit.sae.jumprelu import _JumpReLU, _Step
+from saekit.sae.losses import reconstruction_loss
+from saekit.sae.selectors.jumprelu import JumpReLUFunction as _JumpReLU
+from saekit.sae.selectors.jumprelu import StepFunction as _Step
 
 BASELINES = ["relu", "topk", "batchtopk", "jumprelu", "matryoshka"]
 

@@ -8,6 +8,7 @@ from saekit.data.stream import TensorStream
 from saekit.data.synthetic import SyntheticStream, make_recipe
 from saekit.formats import native
 from saekit.sae import TrainContext
+from saekit.sae.selectors import TopK
 from saekit.training.trainer import TrainConfig, Trainer
 
 D, P, K = 12, 48, 4
@@ -34,7 +35,7 @@ def data(n=64, seed=1):
 def test_beta_zero_is_topk_exactly():
     topk, gsae = pair(beta=0.0)
     x, g = data()
-    assert torch.equal(gsae.encode(x, grad=g), topk.encode(x))
+    assert torch.equal(gsae.encode(x, extras={"grad": g}), topk.encode(x))
     ctx = TrainContext(extras={"grad": g}, dead_mask=torch.arange(P) < 10)
     a, b = topk.training_forward(x, ctx), gsae.training_forward(x, ctx)
     assert torch.equal(a.codes, b.codes)
@@ -61,13 +62,13 @@ def test_gradient_promotes_small_high_impact_latent():
         sae.W_enc.copy_(torch.eye(2))
     x = torch.tensor([[0.2, 1.0]])
     g = torch.tensor([[10.0, 0.0]])  # score: 0.2·(1 + 10) = 2.2 vs 1.0·(1 + 0) = 1.0
-    assert torch.allclose(sae.encode(x, grad=g), torch.tensor([[0.2, 0.0]]))
+    assert torch.allclose(sae.encode(x, extras={"grad": g}), torch.tensor([[0.2, 0.0]]))
     sae.cfg.beta = 0.3  # 0.2·(1 + 3) = 0.8 < 1.0
-    assert torch.allclose(sae.encode(x, grad=g), torch.tensor([[0.0, 1.0]]))
+    assert torch.allclose(sae.encode(x, extras={"grad": g}), torch.tensor([[0.0, 1.0]]))
     sae.cfg.beta, sae.cfg.clip = 1.0, 2.0  # |W g| clipped to 2: 0.2·3 = 0.6 < 1.0
-    assert torch.allclose(sae.encode(x, grad=g), torch.tensor([[0.0, 1.0]]))
+    assert torch.allclose(sae.encode(x, extras={"grad": g}), torch.tensor([[0.0, 1.0]]))
     sae.cfg.clip, sae.cfg.grad_norm, sae.cfg.beta = None, "unit", 5.0  # 0.2·6 = 1.2 > 1.0
-    assert torch.allclose(sae.encode(x, grad=g * 1e-3), torch.tensor([[0.2, 0.0]]))
+    assert torch.allclose(sae.encode(x, extras={"grad": g * 1e-3}), torch.tensor([[0.2, 0.0]]))
 
 
 def test_inactive_latents_are_never_promoted():
@@ -75,23 +76,23 @@ def test_inactive_latents_are_never_promoted():
     with torch.no_grad():
         sae.W_dec.copy_(torch.eye(2))
         sae.W_enc.copy_(torch.eye(2))
-    codes = sae.encode(torch.tensor([[-0.5, 0.1]]), grad=torch.tensor([[1e3, 0.0]]))
+    codes = sae.encode(torch.tensor([[-0.5, 0.1]]), extras={"grad": torch.tensor([[1e3, 0.0]])})
     assert torch.allclose(codes, torch.tensor([[0.0, 0.1]]))
 
 
 def test_topk_mode_and_missing_gradient_error():
     topk, gsae = pair(beta=2.0)
     x, g = data()
-    assert torch.equal(gsae.encode(x, mode="topk"), topk.encode(x))
-    assert not torch.equal(gsae.encode(x, grad=g), topk.encode(x))
-    with pytest.raises(ValueError, match=r"grad=\[batch, d_in\].*mode='topk'"):
+    assert torch.equal(gsae.with_selector(TopK()).encode(x), topk.encode(x))
+    assert not torch.equal(gsae.encode(x, extras={"grad": g}), topk.encode(x))
+    with pytest.raises(ValueError, match=r"'grad': \[batch, d_in\].*with_selector\(.*TopK\(\)\)"):
         gsae.encode(x)
-    with pytest.raises(ValueError, match="grad="):
+    with pytest.raises(ValueError, match="'grad'"):
         gsae.training_forward(x, TrainContext())
     with pytest.raises(ValueError, match="shape of x"):
-        gsae.encode(x, grad=g[:, :3])
-    with pytest.raises(ValueError, match="unknown g-SAE encode mode"):
-        gsae.encode(x, grad=g, mode="dense")
+        gsae.encode(x, extras={"grad": g[:, :3]})
+    with pytest.raises(ValueError, match="no inference knob.*mode; its knobs: k"):
+        gsae.encode(x, extras={"grad": g}, mode="dense")
     gsae.cfg.inference = "topk"
     assert torch.equal(gsae.encode(x), topk.encode(x))
 
@@ -104,9 +105,9 @@ def test_fold_input_scale_acts_on_raw_activations_and_gradients(kw):
     sae = sae.double()
     x, g = (t.double() for t in data())
     s = 0.37
-    ref = sae.encode(x * s, grad=g / s) / s
+    ref = sae.encode(x * s, extras={"grad": g / s}) / s
     sae.fold_input_scale(s)
-    assert torch.allclose(sae.encode(x, grad=g), ref, atol=1e-12)
+    assert torch.allclose(sae.encode(x, extras={"grad": g}), ref, atol=1e-12)
     assert sae.cfg.beta == pytest.approx(3.0 if kw.get("grad_norm") == "unit" else 3.0 / s)
 
 
@@ -116,9 +117,8 @@ def test_save_load_round_trip(tmp_path):
     native.save(sae, tmp_path / "g")
     back = native.load(tmp_path / "g")
     assert back.cfg.beta == 0.5 and back.cfg.clip == 2.0 and back.cfg.inference == "topk"
-    assert torch.equal(
-        back.encode(x, grad=g, mode="gradient"), sae.encode(x, grad=g, mode="gradient")
-    )
+    back.cfg.inference = sae.cfg.inference = "gradient"
+    assert torch.equal(back.encode(x, extras={"grad": g}), sae.encode(x, extras={"grad": g}))
 
 
 def test_config_validation():

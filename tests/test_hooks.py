@@ -43,6 +43,20 @@ def test_capture_inputs_equal_previous_outputs(model):
     assert torch.equal(acts["model.layers.2"], hs[2])
 
 
+def test_sites_choose_input_or_output_per_hookpoint(model):
+    ids, am = random_batch(2, 12)
+    sites = ["model.layers.0:in", "model.layers.2:out", "model.layers.1"]
+    acts = capture(model, ids, am, sites, which="input")  # the bare name reads its input
+    hs = _hidden_states(model, ids, am)
+    assert torch.equal(acts["model.layers.0:in"], hs[0])
+    assert torch.equal(acts["model.layers.2:out"], hs[3])
+    assert torch.equal(acts["model.layers.1"], hs[1])
+    with pytest.raises(ValueError, match="the only suffixes are :in and :out"):
+        capture(model, ids, am, ["model.layers.0:inp"])
+    with pytest.raises(ValueError, match="unknown hookpoint 'model.layers.9'"):
+        capture(model, ids, am, ["model.layers.9:in"])  # a KeyError that is a ValueError too
+
+
 def test_early_stop_skips_later_layers_with_same_values(model):
     ids, am = random_batch(2, 10)
     calls = []

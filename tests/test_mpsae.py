@@ -4,12 +4,19 @@ import pytest
 import torch
 
 import saekit.sae as sae_pkg
-from saekit.sae import TrainContext, create
-from saekit.sae.mpsae import MPSAE
+from saekit.sae import SAE, TrainContext, create
+from saekit.sae.base import Forward
+from saekit.sae.losses import auxk_loss
 from saekit.sae.pursuit import naive_pursuit
 
 
-def model(**kw) -> MPSAE:
+def steps_of(sae, x, **knobs):
+    """(codes, pursuit steps per token)."""
+    codes, stats = sae.encode_with_stats(x, **knobs)
+    return codes, stats["pursuit_steps"]
+
+
+def model(**kw) -> SAE:
     fields = dict(d_in=16, n_latents=96, n_steps=12, seed=0) | kw
     return create("mpsae", **fields)
 
@@ -20,8 +27,8 @@ def inputs(n: int, d: int = 16, seed: int = 1, dtype=torch.float32) -> torch.Ten
 
 def test_registry_round_trip():
     m = create("mpsae", d_in=16, n_latents=96, n_steps=7, sign="abs")
-    assert isinstance(m, MPSAE) and "mpsae" in sae_pkg.architectures()
-    assert not m.has_encoder and not hasattr(m, "W_enc")
+    assert m.architecture == "mpsae" and "mpsae" in sae_pkg.architectures()
+    assert m.encoder is None and not hasattr(m, "W_enc")
     cfg = m.config_dict()
     assert cfg["architecture"] == "mpsae" and cfg["n_steps"] == 7 and cfg["sign"] == "abs"
     name = cfg.pop("architecture")
@@ -37,13 +44,13 @@ def test_encode_steps_and_sparsity_override():
     m = model(n_steps=10)
     x = inputs(32)
     with torch.no_grad():
-        codes, steps = m.encode_with_steps(x)
+        codes, steps = steps_of(m, x)
         assert steps.tolist() == [10] * 32 and ((codes != 0).sum(1) <= 10).all()
         errors = [(m.decode(m.encode(x, n_steps=t)) - x).norm(dim=1) for t in (1, 2, 4, 8, 32)]
         for before, after in zip(errors, errors[1:]):
             assert (after <= before + 1e-5).all()  # more steps never increase the error
         assert ((m.encode(x, n_steps=1) != 0).sum(1) == 1).all()
-        _, rel_steps = m.encode_with_steps(x, n_steps=64, relative_threshold=0.5)
+        _, rel_steps = steps_of(m, x, n_steps=64, relative_threshold=0.5)
         assert len(set(rel_steps.tolist())) > 2 and rel_steps.max() < 64
 
 
@@ -81,11 +88,11 @@ def test_training_with_adaptive_stop_matches_naive_loop(budget_mb):
     assert (grad - m.W_dec.grad).abs().max() < 1e-10
 
 
-def test_unit_norm_after_normalise_decoder():
+def test_unit_norm_after_optimizer_step():
     m = model()
     with torch.no_grad():
         m.W_dec.mul_(torch.rand(96, 1) * 3 + 0.1)
-    m.normalise_decoder()
+    m.after_optimizer_step()
     torch.testing.assert_close(m.W_dec.norm(dim=1), torch.ones(96), atol=1e-6, rtol=0)
 
 
@@ -105,6 +112,13 @@ def test_dead_atom_term_reaches_dead_atoms_only(sign):
     assert float(quiet.losses["auxk"]) == 0.0
 
 
+def dead_atom_loss(m, residual, dead):
+    """The AuxK term of an encoder-less SAE on a given residual."""
+    zero = torch.zeros_like(residual)
+    fwd = Forward(residual, residual, residual, None, None, zero, TrainContext())
+    return auxk_loss(m, fwd, dead)
+
+
 def test_dead_atom_term_lowers_with_a_step_on_dead_atoms():
     m = model(k_aux=32)
     dead = torch.zeros(96, dtype=torch.bool)
@@ -112,12 +126,12 @@ def test_dead_atom_term_lowers_with_a_step_on_dead_atoms():
     x = inputs(128)
     with torch.no_grad():
         residual = x - m.training_forward(x, TrainContext()).x_hat
-    before = m.dead_atom_loss(residual, dead)
+    before = dead_atom_loss(m, residual, dead)
     before.backward()
     with torch.no_grad():
         m.W_dec -= 0.5 * m.W_dec.grad
-    m.normalise_decoder()
-    assert float(m.dead_atom_loss(residual, dead).detach()) < 0.9 * float(before.detach())
+    m.after_optimizer_step()
+    assert float(dead_atom_loss(m, residual, dead).detach()) < 0.9 * float(before.detach())
 
 
 def test_fold_input_scale_makes_the_model_act_on_raw_inputs():
@@ -127,9 +141,9 @@ def test_fold_input_scale_makes_the_model_act_on_raw_inputs():
         m.b_dec.copy_(inputs(1, seed=3)[0])
     x = inputs(32, seed=4)
     with torch.no_grad():
-        scaled_codes, scaled_steps = m.encode_with_steps(x * s)
+        scaled_codes, scaled_steps = steps_of(m, x * s)
         m.fold_input_scale(s)
-        raw_codes, raw_steps = m.encode_with_steps(x)
+        raw_codes, raw_steps = steps_of(m, x)
         assert len(set(raw_steps.tolist())) > 1  # the absolute threshold was folded too
         assert torch.equal(raw_steps, scaled_steps)
         torch.testing.assert_close(raw_codes, scaled_codes / s, atol=1e-5, rtol=1e-5)
@@ -149,7 +163,7 @@ def test_gram_cache_follows_the_dictionary():
     x = inputs(4, d=64)
     with torch.no_grad():
         m.encode(inputs(256, d=64))  # a batch large enough to pick (and cache) the Gram path
-        assert m._gram is not None
+        assert m.selector._gram is not None
         first = m.encode(x)
         new = torch.randn(300, 64, generator=torch.Generator().manual_seed(5))
         m.W_dec.data.copy_(new / new.norm(dim=1, keepdim=True))  # bypasses _version

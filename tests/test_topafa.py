@@ -7,7 +7,7 @@ import torch
 
 import saekit
 from saekit.sae import TrainContext
-from saekit.sae.topafa import afa_prefix_length
+from saekit.sae.selectors.norm_matching import afa_prefix_length
 
 D, P = 10, 40
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from train_helpers import InterruptAt
 
 import saekit
 from saekit.data.synthetic import SyntheticStream, make_recipe
@@ -31,29 +32,6 @@ def config(**kw):
     )
     base.update(kw)
     return TrainConfig(**base)
-
-
-class InterruptAt:
-    """A real stream that raises KeyboardInterrupt (as Ctrl-C would) before batch `n`."""
-
-    def __init__(self, stream, n):
-        self.stream, self.n = stream, n
-        self.d_in, self.batch_size = stream.d_in, stream.batch_size
-
-    def __iter__(self):
-        for i, batch in enumerate(self.stream):
-            if i == self.n:
-                raise KeyboardInterrupt
-            yield batch
-
-    def state_dict(self):
-        return self.stream.state_dict()
-
-    def load_state_dict(self, s):
-        self.stream.load_state_dict(s)
-
-    def describe(self):
-        return self.stream.describe()
 
 
 def stream():

@@ -29,6 +29,7 @@ def run(args) -> int:
     from saekit.data.gradients import open_eval_stream
     from saekit.evaluation.afa import afa_diagnostic, zf_plot
     from saekit.formats.native import load
+    from saekit.sae.selectors import TopK
 
     set_threads(args.threads)
     rows = []
@@ -37,15 +38,18 @@ def run(args) -> int:
         spec = args.data or getattr(sae, "metadata", {}).get("training", {}).get("data_spec")
         if spec is None:
             raise UsageError(f"{sae_dir}: no data spec recorded; pass --data")
-        kwargs = {"mode": args.mode} if args.mode else {}
-        needs_grad = "grad" in sae.needs_extras and args.mode != "topk"
+        if args.mode == "topk" and "k" in sae.knobs:
+            sae = sae.with_selector(TopK())  # a g-SAE's TopK view
+        needs_grad = "grad" in sae.needs_extras
         stream = open_eval_stream(spec, args.batch_size, args.seed, with_grad=needs_grad)
         if stream.d_in != sae.d_in:
             raise UsageError(f"{sae_dir}: SAE d_in={sae.d_in} but {spec} has d_in={stream.d_in}")
-        q, summary = afa_diagnostic(sae, stream, args.tokens, **kwargs)
+        q, summary = afa_diagnostic(sae, stream, args.tokens)
         out = (args.out / Path(sae_dir).name) if args.out else Path(sae_dir)
         out.mkdir(parents=True, exist_ok=True)
-        summary.update(sae=str(sae_dir), architecture=sae.architecture, data=spec, **kwargs)
+        summary.update(sae=str(sae_dir), architecture=sae.architecture, data=spec)
+        if args.mode:
+            summary["mode"] = args.mode
         zf_plot(q, out / "zf.png", title=f"{Path(sae_dir).name} ({sae.architecture})")
         (out / "afa.json").write_text(json.dumps(summary, indent=2) + "\n")
         rows.append(summary)

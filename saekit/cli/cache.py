@@ -25,8 +25,9 @@ def add_parser(sub) -> None:
         action="append",
         dest="hookpoints",
         metavar="PATH",
-        help="module path (repeatable; see 'saekit hookpoints MODEL'); default: "
-        "the middle decoder layer",
+        help="module path (repeatable; see 'saekit hookpoints MODEL'), or a pair "
+        "SOURCE->TARGET for transcoders, e.g. 'model.layers.6.mlp:in->out' (the MLP's input "
+        "as x, its output as target, from one forward); default: the middle decoder layer",
     )
     p.add_argument("--tokens", type=int, required=True, help="training tokens per hookpoint")
     p.add_argument("--out", type=Path, required=True, help="output directory")
@@ -52,7 +53,7 @@ def add_parser(sub) -> None:
         "--which",
         choices=["output", "input"],
         default="output",
-        help="read the module's output (default) or its input",
+        help="read the module's output (default) or its input (pairs say it per site)",
     )
     p.add_argument(
         "--max-norm-factor",
@@ -91,7 +92,7 @@ def run(args) -> int:
     _check_args(args)
     from saekit.data.cache import CacheError, write_cache
     from saekit.data.corpora import open_corpus
-    from saekit.data.hooks import get_module
+    from saekit.data.hooks import HookPair, get_module, is_pair
     from saekit.data.model_stream import default_hookpoint
     from saekit.data.models import load_model, quiet_transformers
 
@@ -110,8 +111,9 @@ def run(args) -> int:
     hookpoints = args.hookpoints or [default_hookpoint(model)]
     for h in hookpoints:
         try:
-            get_module(model, h)
-        except KeyError as e:
+            for site in HookPair.parse(h).sites if is_pair(h) else [h]:
+                get_module(model, site)
+        except (KeyError, ValueError) as e:
             fail(str(e.args[0]))
     start = time.perf_counter()
     try:
@@ -149,7 +151,8 @@ def run(args) -> int:
             + ("s" * (len(v["shards"]) != 1))
             for k, v in entry["splits"].items()
         )
-        print(f"{h} (d={entry['d_in']}): {counts}")
+        d = f"{entry['d_in']}->{entry['d_out']}" if "d_out" in entry else entry["d_in"]
+        print(f"{h} (d={d}): {counts}")
     n = sum(manifest["n_tokens"].values())
     print(
         f"wrote {args.out} ({total / 2**20:.1f} MiB, {manifest['dtype']}) in {seconds:.1f} s "

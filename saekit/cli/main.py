@@ -48,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from saekit.formats.native import SAEFileError
     from saekit.training.checkpoint import CheckpointError
+    from saekit.training.distributed import DistributedError
 
     try:
         return int(modules[args.command].run(args) or 0)
-    except (*USER_ERRORS, SAEFileError, CheckpointError) as e:
+    except (*USER_ERRORS, SAEFileError, CheckpointError, DistributedError) as e:
         sys.stderr.write(f"saekit {args.command}: error: {e}\n")
         return 2
     except KeyboardInterrupt:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -48,7 +51,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--data",
         help="synthetic:<recipe>[:k=v,...] | model:<name>[@hookpoint] | cache:<dir> "
-        f"(default {DEFAULTS['data']})",
+        "| model:<name>@SOURCE->TARGET for transcoders, e.g. "
+        f"model:default@model.layers.6.mlp:in->out (default {DEFAULTS['data']})",
     )
     p.add_argument(
         "-a", "--architecture", help="architecture name(s), comma-separated (default topk)"
@@ -91,6 +95,36 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
+        "--nproc",
+        type=int,
+        help="train on N processes: re-launches this command under torchrun (CPU: gloo)",
+    )
+    p.add_argument(
+        "--parallel",
+        choices=["data", "modules"],
+        default="data",
+        help="with several processes: 'data' splits every batch's tokens over ranks and "
+        "all-reduces gradients; 'modules' spreads the sweep's SAEs over ranks, fed by one "
+        "reader (default data)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda or cuda:N (default auto: CUDA when present; one GPU per rank under "
+        "torchrun)",
+    )
+    p.add_argument(
+        "--autocast",
+        choices=["bf16"],
+        help="matmuls in bfloat16 under autocast; weights, thresholds and Adam stay fp32",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a rank waits on its peers before failing with a message (default 300)",
+    )
+    p.add_argument(
         "--log", help="metric sinks: jsonl,tensorboard,wandb (W&B offline; default jsonl)"
     )
 
@@ -123,18 +157,25 @@ def resolve(args) -> dict[str, Any]:
     return settings
 
 
-def sweep(settings: dict[str, Any], d_in: int) -> dict[str, tuple[str, dict[str, Any]]]:
-    """name -> (architecture, config fields) for every point of the sweep."""
+def sweep(
+    settings: dict[str, Any], d_in: int, d_out: int | None = None
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """name -> (architecture, config fields) for every point of the sweep. With ``d_out``
+    (paired data: the stream carries a target) every SAE is built with transcode=True and
+    that d_out."""
     from saekit.sae import architectures, get_architecture
 
     archs = [a.strip() for a in str(settings["architecture"]).split(",") if a.strip()]
     for a in archs:
         get_architecture(a)  # unknown names fail here, listing the valid ones
     options = parse_options(list(settings["option"]))
-    if settings["k"] is not None:
+    valid = {a: {f.name for f in fields(get_architecture(a).Config)} for a in archs}
+    # The default k only concerns architectures that have one: `-a jumprelu` (or a JumpReLU
+    # transcoder, -o transcode=true) must not fail on it.
+    has_k = any("k" in v for v in valid.values())
+    if settings["k"] is not None and (has_k or settings["k"] != DEFAULTS["k"]):
         options["k"] = [int(v) for v in str(settings["k"]).split(",")]
     n_latents = int(settings["n_latents"] or 8 * d_in)
-    valid = {a: {f.name for f in fields(get_architecture(a).Config)} for a in archs}
     for key in options:
         arch, dot, field = key.rpartition(".")
         if dot and arch not in archs:
@@ -148,6 +189,7 @@ def sweep(settings: dict[str, Any], d_in: int) -> dict[str, tuple[str, dict[str,
                 f"option {key!r} does not apply to {', '.join(archs)} "
                 f"(known architectures: {', '.join(architectures())})"
             )
+    target = _transcode_fields(archs, valid, options, d_out)
     runs: dict[str, tuple[str, dict[str, Any]]] = {}
     for arch in archs:
         # "ARCH.KEY" options apply to that architecture only and win over plain "KEY".
@@ -158,9 +200,48 @@ def sweep(settings: dict[str, Any], d_in: int) -> dict[str, tuple[str, dict[str,
             label = "-".join([arch, *(f"{k}{v}" for k, v in chosen.items() if len(mine[k]) > 1)])
             runs[label] = (
                 arch,
-                {"d_in": d_in, "n_latents": n_latents, "seed": settings["seed"], **chosen},
+                {
+                    "d_in": d_in,
+                    "n_latents": n_latents,
+                    "seed": settings["seed"],
+                    **chosen,
+                    **target,
+                },
             )
     return runs
+
+
+def _transcode_fields(
+    archs: list[str], valid: dict[str, set[str]], options: dict[str, list[Any]], d_out: int | None
+) -> dict[str, Any]:
+    """Config fields that make every SAE of the run predict the stream's target, or {}."""
+    from saekit.sae import get_architecture
+
+    asked = [v for k, vals in options.items() if k.rpartition(".")[2] == "transcode" for v in vals]
+    if d_out is None:
+        defaults = [
+            f.default
+            for a in archs
+            for f in fields(get_architecture(a).Config)
+            if f.name == "transcode"
+        ]
+        if any(v is True for v in asked + defaults):
+            raise UsageError(
+                "a transcoder needs paired data (an input and a target): e.g. "
+                "--data model:default@model.layers.6.mlp:in->out"
+            )
+        return {}
+    if any(v is not True for v in asked):
+        raise UsageError(
+            "paired data (SOURCE->TARGET) trains transcoders only: drop transcode=false"
+        )
+    unable = [a for a in archs if not {"transcode", "d_out"} <= valid[a]]
+    if unable:
+        raise UsageError(
+            f"architecture(s) {', '.join(unable)} cannot predict a target (no transcode option); "
+            "paired data (SOURCE->TARGET) needs transcoders"
+        )
+    return {"transcode": True, "d_out": d_out}
 
 
 def prepare_data(settings: dict[str, Any], out: Path) -> str:
@@ -172,6 +253,7 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
     if not spec.startswith("model:") or n <= 0:
         return spec
     from saekit.data.cache import load_manifest, write_cache
+    from saekit.data.hooks import canonical_hookpoint
     from saekit.data.model_stream import default_hookpoint
     from saekit.data.models import load_model_cached
 
@@ -179,6 +261,7 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
     if not at:
         name, hookpoint = spec[len("model:") :], ""
     name = name or "default"
+    hookpoint = canonical_hookpoint(hookpoint)  # a malformed pair fails here, before any load
     from saekit.sae import get_architecture
 
     # g-SAE trains on the downstream-loss gradient: store it beside x (full forward + backward).
@@ -224,12 +307,64 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
 
 
 def run(args) -> int:
+    if args.nproc is not None and args.nproc < 1:
+        raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_torchrun(args.nproc)
+    from saekit.training.distributed import from_environment
+
+    device = resolve_device(args.device)
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    group = from_environment(args.parallel, args.dist_timeout, backend)
+    args.device = device
+    try:
+        return _run(args, group)
+    finally:
+        if group is not None:
+            group.close()
+
+
+def resolve_device(name: str) -> str:
+    """auto -> cuda (this rank's GPU under torchrun) when available, else cpu."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available on this machine")
+        if name == "cuda" and "LOCAL_RANK" in os.environ:
+            name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    elif name != "cpu":
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return name
+
+
+def launch_torchrun(nproc: int) -> int:
+    """Re-run this very command on `nproc` local processes under torchrun."""
+    argv = sys.argv[1:]
+    for i, a in enumerate(argv):  # drop --nproc N / --nproc=N
+        if a == "--nproc":
+            argv = argv[:i] + argv[i + 2 :]
+            break
+        if a.startswith("--nproc="):
+            argv = argv[:i] + argv[i + 1 :]
+            break
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc-per-node={nproc}", "-m", "saekit", *argv]
+    print("saekit train: launching " + " ".join(cmd[1:]), flush=True)
+    return subprocess.call(cmd)
+
+
+def _run(args, group) -> int:
     from saekit.data import open_stream
     from saekit.sae import get_architecture, make_config
+    from saekit.training.distributed import BroadcastStream, RankSlice
     from saekit.training.logsinks import parse_sinks
     from saekit.training.report import write_run_report
     from saekit.training.trainer import TrainConfig, Trainer
 
+    main = group is None or group.is_main
     threads = set_threads(args.threads)
     if args.resume:
         run_file = args.resume / "run.json"
@@ -242,35 +377,73 @@ def run(args) -> int:
         out = Path(settings["out"])
     log_sinks = parse_sinks(settings.get("log"))  # a missing package fails before any work
     if not args.resume:
-        settings["train_data"] = prepare_data(settings, out)
-    stream = open_stream(
-        settings["train_data"], batch_size=int(settings["batch_size"]), seed=int(settings["seed"])
-    )
+        if main:  # one capture; the other ranks wait for it
+            settings["train_data"] = prepare_data(settings, out)
+        if group is not None:
+            settings = group.broadcast_object(settings if main else None)
+    batch_size = int(settings["batch_size"])
+    modules = group is not None and group.mode == "modules"
+    if modules:  # one reader, batches broadcast to every rank
+        source = (
+            open_stream(settings["train_data"], batch_size, seed=int(settings["seed"]))
+            if main
+            else None
+        )
+        d_in = group.broadcast_object(source.d_in if main else None)
+        stream = BroadcastStream(source, group, d_in, batch_size)
+    else:
+        stream = open_stream(settings["train_data"], batch_size, seed=int(settings["seed"]))
+        if group is not None:
+            stream = RankSlice(stream, group.rank, group.world_size)
+    ranks = f", rank {group.rank} of {group.world_size} ({group.mode})" if group else ""
     print(
-        f"saekit train: data {settings['data']} (d_in={stream.d_in}), {threads} thread(s), run dir {out}"
+        f"saekit train: data {settings['data']} (d_in={stream.d_in}), {threads} thread(s), "
+        f"run dir {out}{ranks}"
     )
+    run_dir = out / f"rank{group.rank}" if modules else out
+    show_progress = not args.no_progress and main
     if args.resume:
-        trainer = Trainer.resume(out, stream, progress_bar=not args.no_progress)
+        trainer = Trainer.resume(
+            run_dir, stream, group, progress_bar=show_progress, device=args.device
+        )
         print(f"resuming at step {trainer.step} of {trainer.cfg.steps}")
     else:
-        runs = sweep(settings, stream.d_in)
+        # Paired data (model:NAME@SOURCE->TARGET) carry a target: every SAE is a transcoder.
+        pair = stream.describe().get("pair")  # passed on by the distributed wrappers too
+        runs = all_runs = sweep(settings, stream.d_in, pair["d_out"] if pair else None)
+        if modules:
+            mine = list(runs)[group.rank :: group.world_size]
+            if not mine:
+                raise UsageError(
+                    f"--parallel modules: {len(runs)} SAE(s) for {group.world_size} ranks; "
+                    "use at most as many processes as SAEs"
+                )
+            runs = {name: runs[name] for name in mine}
         saes = {name: get_architecture(a)(make_config(a, **cfg)) for name, (a, cfg) in runs.items()}
         cfg = TrainConfig(
             steps=int(settings["steps"]),
             lr=settings["lr"],
             checkpoint_every=int(settings["checkpoint_every"]),
             dead_window_tokens=int(settings["dead_window_tokens"]),
-            progress_bar=not args.no_progress,
+            progress_bar=show_progress,
+            device=args.device,
+            autocast=args.autocast,
         )
         out.mkdir(parents=True, exist_ok=True)
-        (out / "run.json").write_text(
-            json.dumps({"settings": settings, "saes": runs}, indent=2) + "\n"
-        )
-        trainer = Trainer(saes, stream, cfg, out, run_info={"data_spec": settings["train_data"]})
+        if main:
+            record: dict[str, Any] = {"settings": settings, "saes": all_runs}
+            if pair:
+                record["pair"] = pair  # source and target of the transcoders
+            (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+        info = {"data_spec": settings["train_data"]}
+        trainer = Trainer(saes, stream, cfg, run_dir, run_info=info, group=group)
+        per_step = stream.batch_size * (group.world_size if group and not modules else 1)
         print(
-            f"training {len(saes)} SAE(s): {', '.join(saes)}; {cfg.steps} steps x {stream.batch_size} tokens"
+            f"training {len(saes)} SAE(s): {', '.join(saes)}; {cfg.steps} steps x {per_step} tokens"
         )
     trainer.log_sinks = log_sinks
+    if modules:
+        trainer.saes_dir = out / "saes"
     try:
         trainer.fit()
     except KeyboardInterrupt:
@@ -278,6 +451,10 @@ def run(args) -> int:
             f"\ninterrupted at step {trainer.step}; checkpoint written. Resume with: saekit train --resume {out}"
         )
         return 130
+    if group is not None:
+        group.barrier()  # every rank's SAEs are on disk
+    if not main:
+        return 0
     report = write_run_report(out, settings, eval_tokens=int(settings["eval_tokens"]))
     print(report.summary)
     print(

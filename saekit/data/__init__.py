@@ -3,6 +3,9 @@
 synthetic:<recipe>[:key=value,...]    e.g. synthetic:superposition, synthetic:tree:rho=0.3
 model:<name>[@<hookpoint>]            activations captured from a model (default model: "default")
 cache:<dir>[@<hookpoint>]             an activation cache written by `saekit cache`
+
+A hookpoint may be a pair SOURCE->TARGET (transcoders), e.g. model:default@model.layers.6.mlp:in->out:
+x is the source and extras["target"] the target of the same tokens (saekit.data.hooks.HookPair).
 """
 
 from __future__ import annotations

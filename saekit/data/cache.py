@@ -10,8 +10,14 @@ Layout::
 
 Every shard holds the same per-token arrays, all with first dimension n (the shard's token
 count); ``manifest["hookpoints"][h]["arrays"]`` names them with dtype and trailing shape, so
-new per-token arrays (the g-SAE gradient ``grad`` today) need no format change. Each shard
-is listed with its token count, byte size and sha256.
+new per-token arrays (the g-SAE gradient ``grad``, a transcoder's ``target``) need no format
+change. Each shard is listed with its token count, byte size and sha256.
+
+A hookpoint pair ``SOURCE->TARGET`` (transcoders; `saekit.data.hooks.HookPair`) is one
+entry, named by its canonical spelling (``model.layers.6.mlp:in->out``), stored in the
+directory ``model.layers.6.mlp.in--out``: ``x`` [n, d_in] holds the source and ``target``
+[n, d_out] the target of the same tokens, and the entry records ``source``, ``target`` and
+``d_out``.
 
 `CacheStream` reads a cache back as an ActivationStream with a token-level shuffle in
 bounded memory; see its docstring for the guarantees.
@@ -36,7 +42,17 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from saekit.data.corpora import TextCorpus, iter_context_batches
-from saekit.data.hooks import Which, capture, capture_with_grad, get_module, token_mask
+from saekit.data.hooks import (
+    HookPair,
+    Which,
+    canonical_hookpoint,
+    capture,
+    capture_with_grad,
+    get_module,
+    is_pair,
+    parse_site,
+    token_mask,
+)
 from saekit.data.models import describe_model
 from saekit.data.stream import Batch
 
@@ -74,6 +90,17 @@ class CacheError(ValueError):
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def _sites(hookpoint: str) -> list[str]:
+    """What one cache entry captures: [hookpoint], or the [source, target] sites of a pair."""
+    return list(HookPair.parse(hookpoint).sites) if is_pair(hookpoint) else [hookpoint]
+
+
+def _dirname(hookpoint: str) -> str:
+    """The entry's directory: the hookpoint itself, or a pair spelled without ':' and '>'
+    (awkward in shells and not allowed on every file system)."""
+    return hookpoint.replace("->", "--").replace(":", ".")
 
 
 # ---- writing ------------------------------------------------------------------------------
@@ -115,7 +142,7 @@ class _ShardWriter:
         # clone: a view of the remainder would keep the whole joined buffer alive.
         self.pending = {k: [v[n:].clone()] for k, v in joined.items()}
         self.n_pending -= n
-        rel = f"{self.hookpoint}/{self.split}-{len(self.shards):05d}.safetensors"
+        rel = f"{_dirname(self.hookpoint)}/{self.split}-{len(self.shards):05d}.safetensors"
         data = save_safetensors({k: v[:n].contiguous() for k, v in joined.items()})
         path = self.out_dir / rel
         tmp = path.with_suffix(".tmp")
@@ -154,6 +181,8 @@ def write_cache(
     tokens above ``max_norm_factor`` x the batch median norm are not stored.
     with_grad: also store ``grad`` = d(summed next-token CE)/dx per token (full forward and
     backward instead of a truncated forward).
+    hookpoints: module paths (read at ``which``) and/or pairs ``SOURCE->TARGET``, whose
+    entry stores the target beside x as ``target``; every site is read in the same forward.
     Returns the manifest (also written to ``out_dir/manifest.json``).
     """
     if dtype not in DTYPES:
@@ -162,9 +191,12 @@ def write_cache(
         raise ValueError(f"n_tokens and shard_tokens must be positive: {n_tokens}, {shard_tokens}")
     if with_grad and which != "output":
         raise ValueError("with_grad stores gradients of hookpoint outputs only (which='output')")
-    hookpoints = list(dict.fromkeys(hookpoints))
+    hookpoints = list(dict.fromkeys(canonical_hookpoint(h) for h in hookpoints))
+    if with_grad and any(is_pair(h) for h in hookpoints):
+        raise ValueError("with_grad stores gradients of plain hookpoints, not of pairs")
     for h in hookpoints:
-        get_module(model, h)  # unknown names fail before any compute
+        for site in _sites(h):
+            get_module(model, site)  # unknown names fail before any compute
     out = _prepare_dir(Path(out_dir), hookpoints, overwrite)
     eval_tokens = n_tokens // 20 if eval_tokens is None else eval_tokens
     settings = dict(
@@ -200,7 +232,7 @@ def _prepare_dir(out: Path, hookpoints: list[str], overwrite: bool) -> Path:
             raise FileExistsError(f"{out} holds files that are not a saekit cache; not deleting")
         shutil.rmtree(out)
     for h in hookpoints:
-        (out / h).mkdir(parents=True, exist_ok=True)
+        (out / _dirname(h)).mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -229,6 +261,7 @@ def _write_split(
     batches = iter_context_batches(tokenizer, corpus, batch_size, ctx_len, _SPLITS[split], seed)
     bar = _progress(count, f"{split} tokens") if progress else None
     n_contexts, description, widths = 0, {}, {}
+    sites = list(dict.fromkeys(s for h in hookpoints for s in _sites(h)))
     for batch in batches:
         description = batch.description
         ids, am = batch.input_ids, batch.attention_mask
@@ -236,14 +269,22 @@ def _write_split(
         if with_grad:
             acts, grads = capture_with_grad(model, ids.to(device), am.to(device), hookpoints)
         else:
-            acts, grads = capture(model, ids.to(device), am.to(device), hookpoints, which), {}
+            acts, grads = capture(model, ids.to(device), am.to(device), sites, which), {}
         for h, w in writers.items():
             if w.full:
                 continue
-            act = acts[h].cpu()
-            widths[h] = act.shape[-1]
-            mask = token_mask(ids, am, batch.special_ids, exclude_first, act, max_norm_factor)
-            arrays = {"x": _to_storage(act[mask], storage, h)}
+            # a pair: source and target, masked alike (an outlier in either drops the token)
+            parts = [acts[s].cpu() for s in _sites(h)]
+            widths[h] = [p.shape[-1] for p in parts]
+            mask = token_mask(ids, am, batch.special_ids, exclude_first, parts[0], max_norm_factor)
+            for part in parts[1:]:
+                if max_norm_factor is not None:
+                    mask &= token_mask(
+                        ids, am, batch.special_ids, exclude_first, part, max_norm_factor
+                    )
+            arrays = {"x": _to_storage(parts[0][mask], storage, h)}
+            if len(parts) > 1:
+                arrays["target"] = _to_storage(parts[1][mask], storage, f"{h} (target)")
             if with_grad:
                 arrays["grad"] = _to_storage(grads[h].cpu()[mask], storage, f"{h} (grad)")
             arrays |= _metadata(batch.input_ids, batch.doc_ids, mask, n_contexts)
@@ -265,7 +306,8 @@ def _write_split(
         "corpus": description,
         "n_contexts": n_contexts,
         "hookpoints": {
-            h: {"d": widths.get(h), "n_tokens": w.n_total, "shards": w.close()}
+            h: {"d": widths.get(h, [None])[0], "n_tokens": w.n_total, "shards": w.close()}
+            | ({"d_out": widths.get(h, [None, None])[1]} if is_pair(h) else {})
             for h, w in writers.items()
         },
     }
@@ -318,12 +360,19 @@ def _manifest(
     for h in hookpoints:
         d = next(s["hookpoints"][h]["d"] for s in splits.values())
         arrays = {"x": {"dtype": storage, "shape": [d]}}
+        pair: dict[str, Any] = {}
+        if is_pair(h):
+            source, target = HookPair.parse(h).sites
+            d_out = next(s["hookpoints"][h]["d_out"] for s in splits.values())
+            arrays["target"] = {"dtype": storage, "shape": [d_out]}
+            pair = {"source": source, "target": target, "d_out": d_out}
         if settings["with_grad"]:
             arrays["grad"] = {"dtype": storage, "shape": [d]}
         arrays |= {k: {"dtype": _dtype_name(v), "shape": []} for k, v in META_DTYPES.items()}
         entries[h] = {
             "d_in": d,
-            "which": settings["which"],
+            "which": parse_site(pair["source"] if pair else h, settings["which"])[1],
+            **pair,
             "arrays": arrays,
             "splits": {
                 name: {k: s["hookpoints"][h][k] for k in ("n_tokens", "shards")}
@@ -390,6 +439,8 @@ def load_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
 
 def _hookpoint_entry(manifest: dict[str, Any], hookpoint: str | None, where: Any) -> tuple:
     names = list(manifest["hookpoints"])
+    if hookpoint is not None:
+        hookpoint = canonical_hookpoint(hookpoint)  # "M:in->M:out" finds "M:in->out"
     if hookpoint is None:
         if len(names) != 1:
             raise CacheError(f"{where} holds several hookpoints {names}; choose one")
@@ -509,8 +560,9 @@ class CacheStream:
     Integrity: sizes and headers of all shards are checked on open; checksums on each
     shard's first read (verify="first_read"), all at open (verify="open") or never ("none").
     extras: per-token float arrays to attach as Batch extras (default: every array other
-    than x and the metadata, i.e. "grad" when stored); include_metadata adds token_ids,
-    doc_ids, context_ids and positions as extras too.
+    than x and the metadata, i.e. "grad" or a pair's "target" when stored); include_metadata
+    adds token_ids, doc_ids, context_ids and positions as extras too. ``d_out`` is the
+    target's width for a pair, else None.
     """
 
     def __init__(
@@ -542,6 +594,7 @@ class CacheStream:
         for shard in self.shards:
             check_shard_header(self.root / shard["file"], shard, self.arrays)
         self.d_in = int(entry["d_in"])
+        self.d_out: int | None = int(entry["d_out"]) if "d_out" in entry else None
         self.batch_size = batch_size
         self.seed = seed
         self.pool_shards = pool_shards
@@ -657,6 +710,9 @@ class CacheStream:
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest
+        pair = {}
+        if self.d_out is not None:
+            pair["pair"] = HookPair.parse(self.hookpoint).describe(self.d_in, self.d_out)
         return {
             "source": "cache",
             "path": str(self.root),
@@ -671,6 +727,7 @@ class CacheStream:
             "masking": m["masking"],
             "seed": self.seed,
             "pool_shards": self.pool_shards,
+            **pair,
         }
 
 

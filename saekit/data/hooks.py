@@ -2,9 +2,16 @@
 
 A *hookpoint* is a module path from ``model.named_modules()`` (e.g. ``"model.layers.15"``
 for decoder layer 15 of a Llama-style model), read either at the module's output or its
-first input. ``capture`` hooks several modules in one forward and stops the forward as soon
-as the last of them has fired (by raising a private exception from the hook), so capturing
-layer 7 of a 30-layer model costs about 8 layers of compute.
+first input. A *site* names one of the two explicitly: ``"model.layers.6.mlp:in"`` (input)
+or ``"model.layers.6.mlp:out"`` (output); a bare path means the caller's default ``which``.
+``capture`` hooks several sites in one forward and stops the forward as soon as the last of
+them has fired (by raising a private exception from the hook), so capturing layer 7 of a
+30-layer model costs about 8 layers of compute.
+
+A *hookpoint pair* ``SOURCE->TARGET`` (`HookPair`) names the input and the reconstruction
+target of a transcoder, captured in the same forward: ``model.layers.6.mlp:in->out`` is the
+MLP's input and its output (a bare ``in``/``out`` target reuses the source's module), and
+``model.layers.5->model.layers.6.mlp`` two module outputs.
 
 Note the index shift of Hugging Face ``output_hidden_states``: ``hidden_states[L + 1]`` is
 the output of ``model.layers.L`` (index 0 is the embedding output), and the last entry is
@@ -16,6 +23,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -28,17 +36,107 @@ class _StopForward(Exception):
     """Raised by a capture hook once every requested activation has been recorded."""
 
 
+class UnknownHookpoint(KeyError, ValueError):
+    """A module path the model does not have. A KeyError for lookups, and a ValueError so
+    that the CLI reports it as a one-line user error; str() is the message without the
+    quotes KeyError adds."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def get_module(model: nn.Module, hookpoint: str) -> nn.Module:
-    """The module at ``hookpoint``; an unknown path raises with the closest valid ones."""
+    """The module at ``hookpoint`` (a module path, or a site with its ``:in``/``:out``
+    suffix); an unknown path raises UnknownHookpoint with the closest valid ones."""
+    hookpoint = parse_site(hookpoint)[0]
     modules = dict(model.named_modules())
     if hookpoint in modules and hookpoint != "":
         return modules[hookpoint]
     names = [n for n in modules if n]
     close = difflib.get_close_matches(hookpoint, names, n=5, cutoff=0.5) or names[:5]
-    raise KeyError(
+    raise UnknownHookpoint(
         f"unknown hookpoint {hookpoint!r}; close matches: {', '.join(close)} "
         "(`saekit hookpoints <model>` lists them all)"
     )
+
+
+_SUFFIXES: dict[str, Which] = {"in": "input", "out": "output"}
+_PAIR_HELP = (
+    "write SOURCE->TARGET, each a module path with an optional :in (its input) or :out, "
+    "e.g. model.layers.6.mlp:in->out"
+)
+
+
+def parse_site(site: str, which: Which = "output") -> tuple[str, Which]:
+    """``"M:in"`` -> (M, "input"), ``"M:out"`` -> (M, "output"), a bare ``"M"`` -> (M, which)."""
+    module, colon, suffix = site.rpartition(":")
+    if not colon:
+        return site, which
+    if suffix not in _SUFFIXES or not module:
+        raise ValueError(f"bad hookpoint {site!r}: the only suffixes are :in and :out")
+    return module, _SUFFIXES[suffix]
+
+
+def site_name(module: str, which: Which) -> str:
+    """The explicit site string: ``"M:in"`` or ``"M:out"``."""
+    return f"{module}:{'in' if which == 'input' else 'out'}"
+
+
+def is_pair(hookpoint: str) -> bool:
+    """Whether a hookpoint string names a SOURCE->TARGET pair."""
+    return "->" in hookpoint
+
+
+@dataclass(frozen=True)
+class HookPair:
+    """Source and target of a transcoder, as explicit sites (``"M:in"``, ``"M:out"``).
+
+    ``str(pair)`` is the canonical spelling, used as the name of the pair in cache
+    manifests and SAE metadata: ``M:in->out`` for one module, ``A->B:in`` across modules
+    (the ``:out`` of an output is left out)."""
+
+    source: str
+    target: str
+
+    @classmethod
+    def parse(cls, text: str) -> HookPair:
+        parts = [p.strip() for p in text.split("->")]
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"bad hookpoint pair {text!r}: {_PAIR_HELP}")
+        try:
+            src_module, src_which = parse_site(parts[0])
+            dst = parts[1].removeprefix(":")
+            if dst in _SUFFIXES:  # "M:in->out": the same module
+                dst_module, dst_which = src_module, _SUFFIXES[dst]
+            else:
+                dst_module, dst_which = parse_site(parts[1])
+        except ValueError:
+            raise ValueError(
+                f"bad hookpoint pair {text!r}: the only suffixes are :in and :out"
+            ) from None
+        if (src_module, src_which) == (dst_module, dst_which):
+            raise ValueError(f"bad hookpoint pair {text!r}: source and target are the same")
+        return cls(site_name(src_module, src_which), site_name(dst_module, dst_which))
+
+    @property
+    def sites(self) -> tuple[str, str]:
+        return self.source, self.target
+
+    def describe(self, d_in: int, d_out: int | None) -> dict[str, Any]:
+        """The ``pair`` entry of a stream's describe(): where x and extras["target"] come from."""
+        return {"source": self.source, "target": self.target, "d_in": d_in, "d_out": d_out}
+
+    def __str__(self) -> str:
+        (sm, sw), (tm, tw) = parse_site(self.source), parse_site(self.target)
+        src = sm + (":in" if sw == "input" else "")
+        if tm == sm:
+            return f"{src}->{'in' if tw == 'input' else 'out'}"
+        return f"{src}->{tm}{':in' if tw == 'input' else ''}"
+
+
+def canonical_hookpoint(hookpoint: str) -> str:
+    """A pair in its canonical spelling (see HookPair); any other hookpoint unchanged."""
+    return str(HookPair.parse(hookpoint)) if is_pair(hookpoint) else hookpoint
 
 
 def first_tensor(value: Any) -> torch.Tensor | None:
@@ -103,30 +201,38 @@ def list_hookpoints(model: nn.Module, n_tokens: int = 4) -> list[tuple[str, int]
 
 
 @contextmanager
-def _capture_hooks(
-    model: nn.Module, hookpoints: Sequence[str], which: Which, out: dict[str, torch.Tensor]
+def capture_hooks(
+    model: nn.Module,
+    sites: Sequence[str],
+    which: Which,
+    out: dict[str, torch.Tensor],
+    stop: bool = True,
 ) -> Iterator[None]:
-    """Record each hookpoint's activation into ``out``; stop the forward once all are in."""
+    """Record each site's activation into ``out[site]`` during a forward. A site with a
+    ``:in``/``:out`` suffix is read there; a bare module path at ``which``. With ``stop``,
+    the last recorded site raises a private exception that ends the forward (`capture`
+    catches it); without it the forward runs on, and a later hook reads ``out`` and
+    removes what it used (transcoder splicing: the source feeds the target's replacement)."""
     if which not in ("output", "input"):
         raise ValueError(f"which must be 'output' or 'input', got {which!r}")
-    wanted = set(hookpoints)
+    wanted = set(sites)
 
     def record(name: str, value: torch.Tensor | None) -> None:
         if value is None:
-            raise TypeError(f"hookpoint {name!r} has no tensor {which}")
+            raise TypeError(f"hookpoint {name!r} has no tensor {parse_site(name, which)[1]}")
         if name in out:
             raise RuntimeError(
                 f"hookpoint {name!r} ran twice in one forward; its activation is ambiguous"
             )
         # clone: later in-place ops of the model must not change what we recorded.
         out[name] = value.detach().clone()
-        if wanted.issubset(out):
+        if stop and wanted.issubset(out):
             raise _StopForward
 
     handles = []
-    for name in hookpoints:
+    for name in sites:
         module = get_module(model, name)
-        if which == "output":
+        if parse_site(name, which)[1] == "output":
             handles.append(
                 module.register_forward_hook(lambda _m, _a, o, n=name: record(n, first_tensor(o)))
             )
@@ -156,7 +262,8 @@ def capture(
     """Activations of several hookpoints from ONE forward, truncated after the last of them.
 
     input_ids, attention_mask: [batch, seq].
-    Returns {hookpoint: [batch, seq, width]} in the model's dtype.
+    hookpoints: module paths (read at ``which``) or sites (``"M:in"``, ``"M:out"``).
+    Returns {hookpoint: [batch, seq, width]} in the model's dtype, keyed as given.
     """
     hookpoints = list(dict.fromkeys(hookpoints))
     if not hookpoints:
@@ -164,7 +271,7 @@ def capture(
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be [batch, seq], got {tuple(input_ids.shape)}")
     out: dict[str, torch.Tensor] = {}
-    with _capture_hooks(model, hookpoints, which, out):
+    with capture_hooks(model, hookpoints, which, out):
         try:
             _run(model, input_ids, attention_mask)
         except _StopForward:
@@ -277,11 +384,13 @@ def transform_hookpoint(
     model: nn.Module, hookpoint: str, which: Which, fn: Callable[[torch.Tensor], torch.Tensor]
 ) -> Iterator[None]:
     """Within the block, the hookpoint's output (or first input) tensor x becomes fn(x).
-    Tuple outputs and the `hidden_states` keyword input are handled; splicing and steering
-    are both this with different `fn`."""
+    A site suffix (``:in``/``:out``) on the hookpoint wins over ``which``. Tuple outputs
+    and the `hidden_states` keyword input are handled; splicing and steering are both this
+    with different `fn`."""
     if which not in ("output", "input"):
         raise ValueError(f"which must be 'output' or 'input', got {which!r}")
     module = get_module(model, hookpoint)
+    which = parse_site(hookpoint, which)[1]
 
     def output_hook(_m: nn.Module, _a: tuple, output: Any) -> Any:
         if isinstance(output, torch.Tensor):

@@ -7,6 +7,10 @@ by seed, epoch and chunk). A batch therefore mixes tokens from ~contexts_per_chu
 drawn from the whole corpus, and the buffer (one chunk of activations) is a pure function of
 (seed, epoch, chunk).
 
+A hookpoint pair (``model.layers.6.mlp:in->out``, see `saekit.data.hooks.HookPair`) captures
+both sites in the same forward and keeps the same tokens of both: batches carry the source
+in ``x`` and the target in ``extras["target"]`` [batch, d_out], for transcoders.
+
 Resume guarantee: ``state_dict()`` is (epoch, chunk, offset within the chunk's permuted
 tokens). Loading it recomputes that one chunk and continues on exactly the next token, so a
 resumed stream yields the same batches as an uninterrupted one (bit-identical on CPU; on GPU
@@ -24,7 +28,7 @@ import torch
 from torch import nn
 
 from saekit.data.corpora import TokenizedCorpus, tokenize_corpus
-from saekit.data.hooks import Which, capture, get_module, token_mask
+from saekit.data.hooks import HookPair, Which, capture, get_module, is_pair, parse_site, token_mask
 from saekit.data.models import describe_model, load_model_cached
 from saekit.data.stream import Batch
 
@@ -38,10 +42,13 @@ class ModelStream:
     """ActivationStream over ``contexts`` at ``hookpoint`` of ``model``.
 
     contexts: a TokenizedCorpus [n_contexts, ctx_len].
+    hookpoint: a module path (read at ``which``), or a pair ``SOURCE->TARGET`` whose
+      target comes as extras["target"] [batch_size, d_out] (``which`` is then ignored).
     batch_size: tokens per Batch; x is [batch_size, d_in] float32.
     contexts_per_chunk: contexts per shuffle buffer (the buffer holds their masked tokens).
     forward_batch: contexts per model forward.
-    Masking as `token_mask` (padding, special tokens, first position, optional norm outliers).
+    Masking as `token_mask` (padding, special tokens, first position, optional norm outliers;
+    for a pair a token is an outlier when its source or its target is).
     """
 
     def __init__(
@@ -60,7 +67,15 @@ class ModelStream:
     ):
         if batch_size <= 0 or contexts_per_chunk <= 0 or forward_batch <= 0:
             raise ValueError("batch_size, contexts_per_chunk and forward_batch must be positive")
-        get_module(model, hookpoint)  # fail early on an unknown name
+        self.pair = HookPair.parse(hookpoint) if is_pair(hookpoint) else None
+        if self.pair is not None:
+            hookpoint, which = str(self.pair), parse_site(self.pair.source)[1]
+        else:  # "M:in" is (M, input): describe() records what was read
+            hookpoint, which = parse_site(hookpoint, which)
+        # The sites captured per forward, source first: their columns are concatenated.
+        self.sites = list(self.pair.sites) if self.pair is not None else [hookpoint]
+        for site in self.sites:
+            get_module(model, site)  # fail early on an unknown name
         self.model, self.contexts, self.hookpoint, self.which = model, contexts, hookpoint, which
         self.batch_size, self.seed = batch_size, seed
         self.contexts_per_chunk, self.forward_batch = contexts_per_chunk, forward_batch
@@ -68,17 +83,20 @@ class ModelStream:
         self.loop = loop
         self.epoch, self.chunk, self.offset = 0, 0, 0
         self._buffer: tuple[tuple[int, int], torch.Tensor] | None = None
-        self.d_in = self._width()
+        widths = self._widths()
+        self.d_in = widths[0]
+        self.d_out: int | None = widths[1] if self.pair is not None else None
 
     @property
     def n_chunks(self) -> int:
         return -(-len(self.contexts) // self.contexts_per_chunk)
 
-    def _width(self) -> int:
+    def _widths(self) -> list[int]:
         sample = self.contexts.subset(slice(0, 1))
         device = next(self.model.parameters()).device
         ids, am = sample.input_ids.to(device), sample.attention_mask.to(device)
-        return capture(self.model, ids, am, [self.hookpoint], self.which)[self.hookpoint].shape[-1]
+        acts = capture(self.model, ids, am, self.sites, self.which)
+        return [acts[s].shape[-1] for s in self.sites]
 
     def _tokens(self, epoch: int, chunk: int) -> torch.Tensor:
         """The permuted masked rows of one chunk, as `_capture` returns them: [n, width]."""
@@ -96,17 +114,18 @@ class ModelStream:
         return tokens
 
     def _capture(self, sub: TokenizedCorpus) -> torch.Tensor:
-        """Masked activations of a few contexts: [n, d_in] float32. Subclasses that carry
-        more per token (gradients) override this and append columns."""
+        """Masked activations of a few contexts: [n, d_in] float32 ([n, d_in + d_out] for a
+        pair: source and target columns, split in __iter__). Subclasses that carry more per
+        token (gradients) override this and append columns."""
         device = next(self.model.parameters()).device
-        act = capture(
-            self.model,
-            sub.input_ids.to(device),
-            sub.attention_mask.to(device),
-            [self.hookpoint],
-            self.which,
-        )[self.hookpoint].cpu()
-        return act[self._mask(sub, act)].float()
+        ids, am = sub.input_ids.to(device), sub.attention_mask.to(device)
+        acts = capture(self.model, ids, am, self.sites, self.which)
+        parts = [acts[s].cpu() for s in self.sites]
+        mask = self._mask(sub, parts[0])
+        if self.max_norm_factor is not None:
+            for part in parts[1:]:
+                mask &= self._mask(sub, part)
+        return torch.cat([p[mask] for p in parts], dim=-1).float()
 
     def _mask(self, sub: TokenizedCorpus, act: torch.Tensor) -> torch.Tensor:
         return token_mask(
@@ -142,7 +161,12 @@ class ModelStream:
                         raise ValueError("no tokens left after masking; check the contexts")
                     self._next_chunk()
             if need < self.batch_size:
-                yield Batch(torch.cat(parts))
+                yield self._batch(torch.cat(parts))
+
+    def _batch(self, rows: torch.Tensor) -> Batch:
+        if self.d_out is None:
+            return Batch(rows)
+        return Batch(rows[:, : self.d_in], {"target": rows[:, self.d_in :]})
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -161,7 +185,7 @@ class ModelStream:
         self._buffer = None
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out = {
             "source": "model",
             "model": describe_model(self.model),
             "hookpoint": self.hookpoint,
@@ -175,6 +199,9 @@ class ModelStream:
                 "max_norm_factor": self.max_norm_factor,
             },
         }
+        if self.pair is not None:
+            out["pair"] = self.pair.describe(self.d_in, self.d_out)
+        return out
 
 
 def default_hookpoint(model: nn.Module) -> str:
@@ -199,10 +226,13 @@ def open_model_stream(
 ) -> ModelStream:
     """``"<model>[@<hookpoint>]"`` -> ModelStream (or `stream_class`, e.g. the gradient
     stream) on the corpus' train or held-out ("eval") split; the hookpoint defaults to the
-    middle decoder layer's output. kwargs go to the stream class."""
+    middle decoder layer's output, and may be a pair ``SOURCE->TARGET`` (transcoders).
+    kwargs go to the stream class."""
     name, at, hookpoint = spec.rpartition("@")
     if not at:
         name, hookpoint = spec, ""
+    if is_pair(hookpoint):
+        HookPair.parse(hookpoint)  # a malformed pair fails before the model loads
     model, tokenizer = load_model_cached(name)
     corpus_split = {"train": "train", "eval": "heldout"}.get(split)
     if corpus_split is None:

@@ -38,10 +38,6 @@ import numpy as np
 import torch
 
 from saekit.sae.base import SAE
-from saekit.sae.batchtopk import BatchTopKSAE
-from saekit.sae.jumprelu import JumpReLUSAE
-from saekit.sae.mpsae import MPSAE
-from saekit.sae.topk import TopKSAE
 
 # Budget multipliers of the threshold sweep (θ / v).
 THRESHOLD_DIVISORS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -73,17 +69,18 @@ def settings_for(
     relative_threshold: τ_rel of `mp_threshold`; None = the config's, else chosen from the
     data by `adaptive_curve` (the median ‖r‖²/‖r⁰‖² at T_train)."""
     out: list[Setting] = []
-    if isinstance(sae, MPSAE):
+    if sae.is_transcoder:  # the curves measure reconstruction of the input
+        return out
+    if "n_steps" in sae.knobs:
         T = int(sae.cfg.n_steps)
         tau = relative_threshold if relative_threshold is not None else sae.cfg.relative_threshold
         out.append(Setting("mp_steps", "n_steps", T, budgets(T, max_factor)))
         out.append(Setting("mp_threshold", "n_steps", T, budgets(T, max_factor), tau))
-    if isinstance(sae, TopKSAE):  # TopK, and per-token TopK for the BatchTopK family
+    if per_token_topk_applies(sae):
         k = int(sae.cfg.k)
         ks = [v for v in budgets(k, max_factor) if v <= sae.n_latents]
         out.append(Setting("topk_k", "k", k, ks))
-    calibrated = isinstance(sae, BatchTopKSAE) and float(sae.threshold) >= 0
-    if calibrated or isinstance(sae, JumpReLUSAE):
+    if "threshold_scale" in sae.knobs and bool((sae.threshold >= 0).all()):
         out.append(Setting("threshold", "threshold_divisor", 1.0, list(THRESHOLD_DIVISORS)))
     return out
 
@@ -141,12 +138,21 @@ class _Accumulator:
 
 
 @torch.no_grad()
-def _mp_paths(sae: MPSAE, x: torch.Tensor, t_max: int) -> tuple[torch.Tensor, ...]:
+def per_token_topk_applies(sae: SAE) -> bool:
+    """Any encoder SAE trained at a k (TopK, g-SAE, and the batch-level rules BatchTopK,
+    Matryoshka, Feature/Mutual Choice) can be read as per-token TopK at any k; signed
+    coders are left out (the read-off ReLUs)."""
+    return sae.encoder is not None and hasattr(sae.cfg, "k") and not sae.signed_codes
+
+
+def _mp_paths(sae: SAE, x: torch.Tensor, t_max: int) -> tuple[torch.Tensor, ...]:
     """One t_max-step pursuit without a stop on x [B, d_in] -> (E, L, steps), each
     [B, t_max + 1]: residual energy, distinct atoms and code-changing steps after s steps."""
     # 0 disables the config's own thresholds: the thresholded curve is derived from E.
-    sel = sae.select(x, n_steps=t_max, residual_threshold=0.0, relative_threshold=0.0)
-    E, L = _path_energies(x - sae.b_dec, sae.W_dec, sel.indices, sel.coefs * sel.updated)
+    r0 = x - sae.b_dec
+    sel = sae.selector.pursue(sae, r0, t_max, residual_threshold=0.0, relative_threshold=0.0)
+    atoms = sae.selector.atoms(sae)
+    E, L = _path_energies(r0, atoms, sel.indices, sel.coefs * sel.updated)
     steps = sel.updated.long().cumsum(1)
     return E, L, torch.cat([steps.new_zeros(steps.shape[0], 1), steps], 1)
 
@@ -164,7 +170,7 @@ def _mp_accumulate(paths: tuple[torch.Tensor, ...], s: Setting, acc: _Accumulato
 
 
 @torch.no_grad()
-def _topk_batch(sae: TopKSAE, x: torch.Tensor, s: Setting, acc: _Accumulator) -> None:
+def _topk_batch(sae: SAE, x: torch.Tensor, s: Setting, acc: _Accumulator) -> None:
     pre = sae.pre_activations(x)
     vals, idx = pre.topk(int(max(s.values)), dim=-1)
     E, L = _path_energies(x - sae.b_dec, sae.W_dec, idx, vals.relu())

@@ -111,17 +111,16 @@ def afa_diagnostic(
     sae: SAE,
     stream: ActivationStream,
     n_tokens: int = 16384,
-    **encode_kwargs: Any,
+    **knobs: Any,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Per-token quantities (concatenated) and their summary, with decoder coherence, over
     ``n_tokens`` tokens of ``stream``. Batch extras reach the encoder for SAEs that need them
-    (g-SAE's "grad"); ``encode_kwargs`` (e.g. mode="topk") are passed to ``sae.encode``."""
+    (g-SAE's "grad"); ``knobs`` (e.g. k=64) are passed to ``sae.encode``."""
     parts: list[dict[str, torch.Tensor]] = []
     seen = 0
     for batch in stream:
         x = batch.x.float()
-        extras = dict(batch.extras) if sae.needs_extras else {}
-        codes = sae.encode(x, **extras, **encode_kwargs)
+        codes = sae.encode(x, extras=batch.extras, **knobs)
         parts.append(afa_quantities(x, codes, sae.W_dec, sae.b_dec))
         seen += len(batch)
         if seen >= n_tokens:

@@ -27,7 +27,12 @@ import numpy as np
 import torch
 
 from saekit.data.stream import ActivationStream
-from saekit.evaluation.metrics import ReconstructionMetrics, density_histogram, weight_geometry
+from saekit.evaluation.metrics import (
+    ReconstructionMetrics,
+    density_histogram,
+    max_cos_to_others,
+    weight_geometry,
+)
 from saekit.evaluation.probing import ProbeSettings
 from saekit.sae.base import SAE
 
@@ -67,11 +72,24 @@ class EvalSettings:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """The LM behind an SAE: model name or path (for `load_model`), hookpoint, input/output."""
+    """The LM behind an SAE: model name or path (for `load_model`), hookpoint, input/output.
+
+    For a transcoder, hookpoint/which are its source and ``target`` the site it predicts
+    (``"model.layers.6.mlp:out"``); None for an ordinary SAE."""
 
     model: str
     hookpoint: str
     which: str = "output"
+    target: str | None = None
+
+    @property
+    def pair(self) -> str | None:
+        """The canonical ``SOURCE->TARGET`` spelling, or None without a target."""
+        if self.target is None:
+            return None
+        from saekit.data.hooks import HookPair, site_name
+
+        return str(HookPair(site_name(self.hookpoint, self.which), self.target))  # type: ignore[arg-type]
 
     def load(self) -> tuple[Any, Any]:
         """(model, tokenizer), loaded once per process and shared with `model:` streams."""
@@ -82,19 +100,30 @@ class ModelSource:
 
 def model_source(sae: SAE, data_spec: str | None = None) -> ModelSource | None:
     """The ModelSource recorded in the SAE's metadata (or named by a `model:`/`cache:` spec),
-    None for synthetic or unknown data."""
+    None for synthetic or unknown data. A hookpoint pair (transcoders) gives its source as
+    hookpoint/which and its target as ``target``."""
     desc = getattr(sae, "metadata", {}).get("data", {}) or {}
     if desc.get("source") in ("model", "cache") and desc.get("hookpoint"):
         model = desc.get("model") or {}
         name = model.get("name") if isinstance(model, dict) else str(model)
         if name:
-            return ModelSource(str(name), desc["hookpoint"], desc.get("which", "output"))
+            return _source(str(name), desc["hookpoint"], desc.get("which", "output"))
     spec = data_spec or getattr(sae, "metadata", {}).get("training", {}).get("data_spec")
     if spec and spec.startswith("model:"):
         name, at, hook = spec[len("model:") :].rpartition("@")
         if at and hook:
-            return ModelSource(name or "default", hook)
+            return _source(name or "default", hook)
     return None
+
+
+def _source(model: str, hookpoint: str, which: str = "output") -> ModelSource:
+    from saekit.data.hooks import HookPair, is_pair, parse_site
+
+    if not is_pair(hookpoint):
+        return ModelSource(model, hookpoint, which)
+    pair = HookPair.parse(hookpoint)
+    module, source_which = parse_site(pair.source)
+    return ModelSource(model, module, source_which, pair.target)
 
 
 # ---- one evaluation run ---------------------------------------------------------------------
@@ -192,12 +221,17 @@ def _core(run: _Run) -> dict[str, Any]:
     sample: list[torch.Tensor] = []
     extras: dict[str, list[torch.Tensor]] = {}
     kept = 0
+    transcoder = getattr(sae, "is_transcoder", False)
     for batch in run.stream:
         x = batch.x.float()
-        codes = sae.encode(x, **batch.extras) if sae.needs_extras else sae.encode(x)
+        if transcoder and "target" not in batch.extras:
+            raise Skip("a transcoder needs a stream with its target (a SOURCE->TARGET spec)")
+        codes = sae.encode(x, extras=batch.extras)
         x_hat = sae.decode(codes)
-        acc.update(x, x_hat, codes)
-        norm_in += x.double().norm(dim=-1).sum().item()
+        # a transcoder is scored on what it predicts: the target (e.g. the MLP output)
+        y = batch.extras["target"].float() if transcoder else x
+        acc.update(y, x_hat, codes)
+        norm_in += y.double().norm(dim=-1).sum().item()
         norm_out += x_hat.double().norm(dim=-1).sum().item()
         if kept < run.settings.sample_tokens:
             take = run.settings.sample_tokens - kept
@@ -220,7 +254,7 @@ def _core(run: _Run) -> dict[str, Any]:
         normalized_freq_over_10_percent=density[density > 0.1].sum().item() / mass
         if mass
         else math.nan,
-        **weight_geometry(sae.W_dec, sae.W_enc if sae.has_encoder else None),
+        **_geometry(sae, transcoder),
     )
     run.x_sample = torch.cat(sample) if sample else None
     run.sample_extras = {name: torch.cat(parts) for name, parts in extras.items()}
@@ -235,6 +269,17 @@ def _core(run: _Run) -> dict[str, Any]:
             "n_tokens": acc.n_tokens,
         },
     }
+
+
+def _geometry(sae: SAE, transcoder: bool) -> dict[str, float]:
+    """Weight cosines. A transcoder's encoder rows and decoder atoms live in different spaces
+    (its input and its target), so enc_dec_cos is not defined for it."""
+    if not transcoder:
+        return weight_geometry(sae.W_dec, getattr(sae, "W_enc", None))
+    out = weight_geometry(sae.W_dec)
+    if getattr(sae, "W_enc", None) is not None:
+        out["enc_max_cos"] = max_cos_to_others(sae.W_enc).double().mean().item()
+    return out
 
 
 def _synthetic(run: _Run) -> dict[str, Any]:
@@ -272,16 +317,22 @@ def _spliced(run: _Run) -> dict[str, Any]:
     from saekit.evaluation.spliced import estimate_mean_activation, spliced_metrics
 
     model, _, source = run.require_model()
+    transcoder = getattr(run.sae, "is_transcoder", False)
+    if transcoder and source.target is None:
+        raise Skip("a transcoder needs its SOURCE->TARGET hookpoint pair in its metadata")
+    # A transcoder replaces its target with its prediction from the source (the pair); an
+    # SAE replaces its own hookpoint. Ablation baselines act on what is replaced.
+    hookpoint = source.pair if transcoder else source.hookpoint
     n = run.settings.spliced_contexts
     evaluation = _contexts(run, "heldout", n)
-    key = ("mean_activation", source, run.settings.corpus, n)
+    key = ("mean_activation", source, transcoder, run.settings.corpus, n)
     if key not in run.shared:
         other = _contexts(run, "train", n)
         run.shared[key] = estimate_mean_activation(
             model,
             other.input_ids,
             other.attention_mask,
-            source.hookpoint,
+            hookpoint,
             which=source.which,
             special_ids=other.special_ids,  # type: ignore[arg-type]
         )
@@ -289,7 +340,7 @@ def _spliced(run: _Run) -> dict[str, Any]:
         model,
         evaluation.input_ids,
         evaluation.attention_mask,
-        source.hookpoint,
+        hookpoint,
         _splice_function(run.sae),
         mean_activation=run.shared[key],
         which=source.which,  # type: ignore[arg-type]
@@ -303,12 +354,14 @@ def _spliced(run: _Run) -> dict[str, Any]:
 
 def _splice_function(sae: SAE) -> Callable[[torch.Tensor], torch.Tensor]:
     """What replaces the hookpoint activation. A splice has no per-token gradient at hand, so
-    g-SAE is evaluated in its plain-TopK inference mode here (`saekit gsae` evaluates the
-    gradient mode with gradients it captures)."""
+    a gradient-guided SAE is evaluated through its TopK view here (`saekit gsae` evaluates the
+    gradient rule with gradients it captures)."""
     if not sae.needs_extras:
         return sae
-    if sae.architecture == "gsae":
-        return lambda x: sae.decode(sae.encode(x, mode="topk"))
+    if "k" in sae.knobs:
+        from saekit.sae.selectors import TopK
+
+        return sae.with_selector(TopK())
     raise Skip(
         f"{sae.architecture} needs per-token extras ({', '.join(sae.needs_extras)}) to encode"
     )
@@ -323,6 +376,7 @@ def _adaptive(run: _Run) -> dict[str, Any]:
         raise Skip("needs the core group's held-out sample")
     if run.sae.needs_extras:
         raise Skip(f"{run.sae.architecture} needs per-token extras to encode")
+    _no_transcoder(run, "adaptive")
     return {"adaptive": adaptive_report(run.sae, run.x_sample)}  # raises Skip without a knob
 
 
@@ -385,11 +439,18 @@ def _afa(run: _Run) -> dict[str, Any]:
         raise Skip("saekit.evaluation.afa is not available") from None
     if run.x_sample is None:
         raise Skip("needs the core group's held-out sample")
+    _no_transcoder(run, "afa")
     from saekit.data.stream import TensorStream
 
     sample = TensorStream(run.x_sample, 1024, shuffle=False, loop=False, extras=run.sample_extras)
     _, summary = afa_diagnostic(run.sae, sample, n_tokens=len(run.x_sample))
     return {"afa": summary}
+
+
+def _no_transcoder(run: _Run, group: str) -> None:
+    # These groups score sae(x) against x itself; a transcoder predicts another activation.
+    if getattr(run.sae, "is_transcoder", False):
+        raise Skip(f"{group} compares the reconstruction with x; a transcoder predicts a target")
 
 
 _GROUP_FUNCTIONS: dict[str, Callable[[_Run], dict[str, Any]]] = {

@@ -31,6 +31,7 @@ from saekit.evaluation.steering_effect import (
     steering_positions,
 )
 from saekit.sae.base import SAE
+from saekit.sae.selectors import TopK
 
 
 @dataclass
@@ -42,9 +43,9 @@ class Variant:
     mode: str | None = None
 
     def encode(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        if self.mode is None:
-            return self.sae.encode(x)
-        return self.sae.encode(x, grad=grad, mode=self.mode)
+        if self.mode == "topk":
+            return self.sae.with_selector(TopK()).encode(x)
+        return self.sae.encode(x, extras={"grad": grad})
 
 
 def variants(saes: dict[str, SAE]) -> list[Variant]:
@@ -161,10 +162,9 @@ def compare_saes(
 def alive_latents(sae: SAE, x: torch.Tensor, grad: torch.Tensor | None = None) -> torch.Tensor:
     """Indices of latents that fire at least once on x [n, d_in] (g-SAE: gradient mode when
     grad is given, else topk mode)."""
-    if "grad" in sae.needs_extras:
-        codes = sae.encode(x, grad=grad, mode="gradient" if grad is not None else "topk")
-    else:
-        codes = sae.encode(x)
+    if "grad" in sae.needs_extras and grad is None:
+        sae = sae.with_selector(TopK())
+    codes = sae.encode(x, extras={"grad": grad} if grad is not None else None)
     return (codes != 0).any(0).nonzero().flatten()
 
 

@@ -6,6 +6,10 @@ For every batch the model runs four times on the same tokens:
   spliced     x -> f(x) at the hookpoint (f = an SAE's forward, or any [n, d] -> [n, d]);
   zero        x -> 0;
   mean        x -> mu, a mean activation estimated on other tokens (optional).
+For a transcoder the hookpoint is a pair ``SOURCE->TARGET`` (``model.layers.6.mlp:in->out``):
+the spliced run replaces the TARGET activation by f(source activation of the same forward),
+so with ``M:in->out`` the module M is replaced by the transcoder; the zero and mean
+ablations act on the target (mu is the target's mean), as they would for an SAE there.
 Every intervention touches the same tokens: those kept by `token_mask` (no padding, no
 special tokens, not the first position, whose massive activation is left alone). SAEBench
 zeroes every position instead; replacing the same token set in all three keeps the
@@ -23,26 +27,54 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
-from saekit.data.hooks import Which, capture, get_module, token_mask, transform_hookpoint
+from saekit.data.hooks import (
+    HookPair,
+    Which,
+    capture,
+    capture_hooks,
+    get_module,
+    is_pair,
+    token_mask,
+    transform_hookpoint,
+)
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]
 
 
 @contextmanager
 def splice(
-    model: nn.Module, hookpoint: str, which: Which, mask: torch.Tensor, fn: Reconstruct
+    model: nn.Module,
+    hookpoint: str,
+    which: Which,
+    mask: torch.Tensor,
+    fn: Reconstruct,
+    source: str | None = None,
 ) -> Iterator[None]:
     """Within the block, the hookpoint's activation x [batch, seq, d] becomes x with
-    x[mask] replaced by fn(x[mask]) (fn sees float32 [n, d]); other tokens keep x."""
+    x[mask] replaced by fn(x[mask]) (fn sees float32 [n, d]); other tokens keep x.
+
+    source: a site (``"M:in"``, ``"M:out"``) read earlier in the same forward; fn then
+    maps its activation s [batch, seq, d_in] instead: x[mask] = fn(s[mask]) (transcoders).
+    """
+    seen: dict[str, torch.Tensor] = {}
 
     def replace(x: torch.Tensor) -> torch.Tensor:
-        new = fn(x[mask].float())
+        if source is None:
+            inp = x
+        elif source in seen:
+            inp = seen.pop(source)  # consumed: the next forward records it again
+        else:
+            raise RuntimeError(
+                f"transcoder source {source!r} has not run when {hookpoint!r} does; "
+                "the source must come before the target in the forward"
+            )
+        new = fn(inp[mask].float())
         if new.shape != (int(mask.sum()), x.shape[-1]):
             raise ValueError(
                 f"reconstruction has shape {tuple(new.shape)}, expected "
@@ -54,7 +86,10 @@ def splice(
         out[mask] = new.to(x.dtype)
         return out
 
-    with transform_hookpoint(model, hookpoint, which, replace):
+    with ExitStack() as stack:
+        if source is not None:
+            stack.enter_context(capture_hooks(model, [source], which, seen, stop=False))
+        stack.enter_context(transform_hookpoint(model, hookpoint, which, replace))
         yield
 
 
@@ -81,10 +116,18 @@ def spliced_metrics(
 
     input_ids, attention_mask: [n_contexts, seq] (a TokenizedCorpus gives both, and its
       special_ids should be passed too).
-    sae_or_fn: [n, d] float32 -> [n, d], e.g. an SAE (its forward is the reconstruction).
-    mean_activation: [d]; without it the mean-ablation entries are None.
+    hookpoint: a module path (read at ``which``), a site, or a pair ``SOURCE->TARGET``
+      (a transcoder: the target is replaced by sae_or_fn(source)).
+    sae_or_fn: [n, d] float32 -> [n, d], e.g. an SAE (its forward is the reconstruction);
+      for a pair [n, d_in] -> [n, d_out].
+    mean_activation: [d] ([d_out], of the target, for a pair); without it the
+      mean-ablation entries are None.
     batch_size: contexts per forward; the log-probs of one batch take n x vocab floats.
     """
+    source = None
+    if is_pair(hookpoint):
+        source, hookpoint = HookPair.parse(hookpoint).sites
+        get_module(model, source)
     get_module(model, hookpoint)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -109,7 +152,8 @@ def spliced_metrics(
         ce["clean"] += -clean.gather(1, targets).double().sum().item()
         p_clean = clean.exp()
         for name, fn in variants.items():
-            with splice(model, hookpoint, which, mask, fn):
+            # only the reconstruction reads the source; ablations replace the target itself
+            with splice(model, hookpoint, which, mask, fn, source if name == "spliced" else None):
                 new = _log_probs(model, ids, am, pred)
             ce[name] += -new.gather(1, targets).double().sum().item()
             kl[name] += (p_clean * (clean - new)).sum(-1).double().sum().item()
@@ -167,7 +211,10 @@ def estimate_mean_activation(
     max_norm_factor: float | None = None,
 ) -> torch.Tensor:
     """Mean activation [d] (float32) over the kept tokens of contexts [n, seq]; use tokens
-    other than the evaluation ones. Accumulated in float64."""
+    other than the evaluation ones. Accumulated in float64. For a pair ``SOURCE->TARGET``
+    the mean of its target (what a transcoder splice replaces)."""
+    if is_pair(hookpoint):
+        hookpoint = HookPair.parse(hookpoint).target
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     device = next(model.parameters()).device

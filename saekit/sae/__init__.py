@@ -1,27 +1,29 @@
-"""Sparse coders: one module per architecture behind one registry (see base.py)."""
+"""Sparse coders: parts (dictionary, encoders, selectors/, losses/) composed into named
+architectures (methods/) behind one registry. See base.py."""
 
-# Importing an architecture module registers it.
-from saekit.sae import (  # noqa: E402,F401,I001
-    batchtopk,
-    gsae,
-    jumprelu,
-    matryoshka,
-    mpsae,
-    relu,
-    topafa,
-    topk,
+from saekit.sae import methods  # noqa: F401  (registers every architecture)
+from saekit.sae.base import SAE, MissingExtrasError, SAEConfig, TrainContext, TrainOutput
+from saekit.sae.registry import (
+    Architecture,
+    Composition,
+    architecture,
+    architectures,
+    create,
+    get_architecture,
+    make_config,
 )
-from saekit.sae.base import SAE, SAEConfig, TrainContext, TrainOutput
-from saekit.sae.registry import architectures, create, get_architecture, make_config, register
 
 __all__ = [
     "SAE",
+    "Architecture",
+    "Composition",
+    "MissingExtrasError",
     "SAEConfig",
     "TrainContext",
     "TrainOutput",
+    "architecture",
     "architectures",
     "create",
     "get_architecture",
     "make_config",
-    "register",
 ]

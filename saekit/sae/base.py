@@ -1,21 +1,40 @@
-"""The SAE protocol: one dictionary (decoder atoms + bias), one small module per architecture.
+"""The SAE: one dictionary, an optional encoder, one selector and a few loss terms.
 
-Every architecture subclasses `SAE` and differs only in how the sparse code is chosen
-(`encode`, `training_forward`) and in its extra loss terms. Everything else (decoder,
-normalisation folding, unit-norm constraint, files, training) is shared.
+The methods differ in how the sparse code is chosen (the selector) and in a few loss terms;
+they share the dictionary, the decoder, the normalisation folding, the optimiser and the files.
+So an architecture (methods/) is a config dataclass plus a composition of parts:
 
-Shapes: x [batch, d_in]; codes [batch, n_latents]; W_dec [n_latents, d_in] (atoms are rows);
-W_enc [n_latents, d_in]; b_dec [d_in]; b_enc [n_latents].
+    dictionary  W_dec, b_dec: decode, unit-norm constraint, folding     (dictionary.py)
+    encoder     W_enc, b_enc, or none for pursuit coders                  (encoders.py)
+    selector    pre-activations (or the centred input) -> sparse code     (selectors/)
+    losses      reconstruction, AuxK, L1, L0, Matryoshka, aux_zipf, ...   (losses/)
+
+Parts are small strategy objects. Their tensors are registered on the SAE itself under flat
+names (W_dec, b_enc, threshold, ...) so files have one namespace whatever the composition.
+
+Shapes: x [batch, d_in]; codes [batch, n_latents]; W_dec [n_latents, d_out] (atoms are rows,
+d_out = d_in except for transcoders); W_enc [n_latents, d_in]; b_dec [d_out]; b_enc
+[n_latents].
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from saekit.sae.sparse import SparseCode, dense_code
+
+if TYPE_CHECKING:
+    from saekit.sae.dictionary import Dictionary
+    from saekit.sae.encoders import PreActivations
+    from saekit.sae.losses.base import LossTerm
+    from saekit.sae.selectors.base import Selector
 
 
 @dataclass
@@ -26,75 +45,98 @@ class SAEConfig:
     n_latents: int
     seed: int = 0
 
-    # Fraction of training after which auxiliary coefficients reach full strength.
-    # (Used by penalties that are warmed up; ignored elsewhere.)
+    def __post_init__(self) -> None:
+        for name in ("d_in", "n_latents"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 @dataclass
 class TrainContext:
-    """What the trainer tells an architecture about the current step.
+    """What the trainer tells an SAE about the current step.
 
     dead_mask: [n_latents] bool, latents that have not fired within the dead window.
     progress: fraction of the run completed, in [0, 1] (for coefficient warm-ups).
-    extras: per-token tensors from the stream batch (e.g. "grad" for g-SAE).
+    extras: per-token tensors from the stream batch ("grad" for g-SAE, "target" for
+      transcoders).
     """
 
     dead_mask: torch.Tensor | None = None
     progress: float = 1.0
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
 class TrainOutput:
-    """x_hat [batch, d_in], codes [batch, n_latents], and named loss terms (summed by the trainer)."""
+    """x_hat [batch, d_out], codes [batch, n_latents] (detached), and named loss terms
+    (summed by the trainer)."""
 
     x_hat: torch.Tensor
     codes: torch.Tensor
     losses: dict[str, torch.Tensor]
-    # Optional scalars the architecture wants logged (e.g. a JumpReLU sparsity coefficient).
+    # Scalars worth logging (a JumpReLU sparsity coefficient, mean pursuit steps, ...).
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """Squared error summed over dimensions, averaged over tokens (inputs normalised so
-    E||x|| = sqrt(d_in); every coefficient in saekit is relative to this convention)."""
-    return (x_hat - x).pow(2).sum(-1).mean()
+@dataclass
+class Forward:
+    """Everything one pass computed, handed to the loss terms.
+
+    x: the input [batch, d_in]; target: what is reconstructed (x, or the transcoder's target
+    [batch, d_out]); x_centered: the encoder's / pursuit's input; pre: the encoder's
+    pre-activations (None without an encoder); code: the selector's output; x_hat [batch,
+    d_out]; ctx: the trainer's context.
+    """
+
+    x: torch.Tensor
+    target: torch.Tensor
+    x_centered: torch.Tensor
+    pre: PreActivations | None
+    code: SparseCode | torch.Tensor
+    x_hat: torch.Tensor
+    ctx: TrainContext
 
 
 class SAE(nn.Module):
-    """Base class. Subclasses set `architecture`, `Config`, and implement `encode`.
+    """A sparse coder composed of parts (module docstring). Build one with
+    `saekit.create(name, d_in=..., n_latents=..., **options)`."""
 
-    Class attributes:
-      architecture: registry name, written to cfg.json.
-      Config: the architecture's config dataclass.
-      unit_norm_decoder: atoms kept at unit norm (radial gradient removed, renormalised
-        after each step). False for ReLU+L1, whose penalty is weighted by the atom norms.
-      has_encoder: False for pursuit encoders (MP-SAE) that use the dictionary itself.
-      needs_extras: names of Batch extras that training requires (e.g. ("grad",)).
-    """
-
-    architecture: ClassVar[str] = ""
-    Config: ClassVar[type[SAEConfig]] = SAEConfig
-    unit_norm_decoder: ClassVar[bool] = True
-    has_encoder: ClassVar[bool] = True
-    needs_extras: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, cfg: SAEConfig):
+    def __init__(
+        self,
+        architecture: str,
+        cfg: SAEConfig,
+        dictionary: Dictionary,
+        encoder: Any | None,
+        selector: Selector,
+        losses: Sequence[LossTerm],
+        skip: Any | None = None,
+    ):
         super().__init__()
+        self.architecture = architecture
         self.cfg = cfg
+        self.dictionary = dictionary
+        self.encoder = encoder
+        self.selector = selector
+        self.losses = tuple(losses)
+        self.skip = skip
+        self.metadata: dict[str, Any] = {}
+        # Tied initialisation: encoder rows = the atoms (Conerly et al. 2024; Gao et al. 2024).
         gen = torch.Generator().manual_seed(cfg.seed)
         atoms = torch.randn(cfg.n_latents, cfg.d_in, generator=gen)
         atoms = atoms / atoms.norm(dim=-1, keepdim=True)
-        self.W_dec = nn.Parameter(atoms.clone())
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
-        if self.has_encoder:
-            # Tied initialisation (encoder rows = atoms), methods.md §2.3.
-            self.W_enc = nn.Parameter(atoms.clone())
-            self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
+        for part in self.parts:
+            part.attach(self, atoms, gen)
 
-    # ---- shapes -------------------------------------------------------------------------
+    @property
+    def parts(self) -> list[Any]:
+        found = [self.dictionary, self.encoder, self.selector, *self.losses, self.skip]
+        return [p for p in found if p is not None]
+
+    # ---- shapes and declared properties -------------------------------------------------------
     @property
     def d_in(self) -> int:
         return self.cfg.d_in
@@ -103,74 +145,236 @@ class SAE(nn.Module):
     def n_latents(self) -> int:
         return self.cfg.n_latents
 
-    # ---- the protocol ---------------------------------------------------------------------
+    @property
+    def d_out(self) -> int:
+        return self.W_dec.shape[1]
+
+    @property
+    def is_transcoder(self) -> bool:
+        """Reconstructs a different target (extras["target"]) from its input."""
+        return bool(getattr(self.cfg, "transcode", False))
+
+    @property
+    def knobs(self) -> tuple[str, ...]:
+        """Inference knobs of the selector (`encode(x, k=64)`), read by evaluation and the CLI."""
+        return self.selector.knobs
+
+    @property
+    def needs_extras(self) -> tuple[str, ...]:
+        """Per-token extras that encoding needs (g-SAE: "grad")."""
+        return self.selector.needs_extras
+
+    @property
+    def signed_codes(self) -> bool:
+        """Codes may be negative (AbsTopK, signed pursuit)."""
+        return self.selector.signed
+
+    @property
+    def learns_by_gradient(self) -> bool:
+        """False for coders built without an optimiser (ITDA)."""
+        return any(p.requires_grad for p in self.parameters())
+
+    # ---- the pass -------------------------------------------------------------------------------
+    def _select(
+        self,
+        x: torch.Tensor,
+        extras: Mapping[str, torch.Tensor],
+        knobs: Mapping[str, Any],
+        training: bool,
+    ) -> tuple[SparseCode | torch.Tensor, torch.Tensor, PreActivations | None]:
+        if x.ndim != 2 or x.shape[1] != self.d_in:
+            raise ValueError(f"expected x of shape [batch, {self.d_in}], got {tuple(x.shape)}")
+        needed = self.selector.extras_needed(self, training)
+        missing = [name for name in needed if extras.get(name) is None]
+        if missing:
+            raise MissingExtrasError(self.selector.missing_extras_message(missing))
+        if self.encoder is not None:
+            x_centered = self.encoder.centre(self, x)
+            pre = self.encoder.pre_activations(self, x_centered)
+        else:
+            x_centered, pre = x - self.b_dec, None
+        code = self.selector.select(self, x_centered, pre, extras, training=training, **knobs)
+        return code, x_centered, pre
+
+    def _check_knobs(self, knobs: Mapping[str, Any]) -> None:
+        unknown = sorted(set(knobs) - set(self.knobs))
+        if unknown:
+            valid = ", ".join(self.knobs) or "none"
+            raise ValueError(
+                f"{self.architecture} has no inference knob(s) {', '.join(unknown)}; "
+                f"its knobs: {valid}"
+            )
+
+    def encode_with_stats(
+        self, x: torch.Tensor, extras: Mapping[str, torch.Tensor] | None = None, **knobs: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(codes [batch, n_latents], per-token selection stats by name, each [batch])."""
+        self._check_knobs(knobs)
+        code, _, _ = self._select(x, extras or {}, knobs, training=False)
+        stats = code.stats if isinstance(code, SparseCode) else {}
+        return dense_code(code, detach=False), stats
+
+    def encode(
+        self, x: torch.Tensor, extras: Mapping[str, torch.Tensor] | None = None, **knobs: Any
+    ) -> torch.Tensor:
+        """Inference encode: x [batch, d_in] -> codes [batch, n_latents].
+
+        extras: per-token tensors the selector needs (g-SAE: {"grad": [batch, d_in]}); others
+        are ignored. knobs: the selector's inference knobs (`sae.knobs`), e.g. k=64 or
+        n_steps=8; differentiable wherever the selection is piecewise constant."""
+        return self.encode_with_stats(x, extras, **knobs)[0]
+
+    def decode(self, codes: torch.Tensor | SparseCode) -> torch.Tensor:
+        """codes [batch, n_latents] -> [batch, d_out] (without a transcoder's skip term)."""
+        return self.dictionary.decode(self, codes)
+
+    def forward(
+        self, x: torch.Tensor, extras: Mapping[str, torch.Tensor] | None = None, **knobs: Any
+    ) -> torch.Tensor:
+        """Reconstruction (a transcoder's prediction of its target) with the inference
+        selector."""
+        return self._output(x, self.decode(self.encode(x, extras, **knobs)))
+
+    def _output(self, x: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
+        return decoded if self.skip is None else decoded + self.skip.apply(self, x)
+
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """[batch, d_in] -> [batch, n_latents]: W_enc (x - b_dec) + b_enc."""
-        return (x - self.b_dec) @ self.W_enc.T + self.b_enc
-
-    def encode(self, x: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
-        """Inference encode: [batch, d_in] -> sparse codes [batch, n_latents]."""
-        raise NotImplementedError
-
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """[batch, n_latents] -> [batch, d_in]."""
-        return codes @ self.W_dec + self.b_dec
-
-    def forward(self, x: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
-        """Reconstruction with the inference encoder."""
-        return self.decode(self.encode(x, **extras))
+        """[batch, d_in] -> [batch, n_latents], the encoder's selection scores (no gradient
+        needed by the callers: evaluation, the browser)."""
+        if self.encoder is None:
+            raise ValueError(f"{self.architecture} has no encoder (codes come from a pursuit)")
+        return self.encoder.pre_activations(self, self.encoder.centre(self, x)).full()
 
     def training_forward(self, x: torch.Tensor, ctx: TrainContext) -> TrainOutput:
-        """Training pass: codes, reconstruction and every loss term. Default: inference
-        encode + plain reconstruction loss."""
-        codes = self.encode(x, **ctx.extras)
-        x_hat = self.decode(codes)
-        return TrainOutput(x_hat, codes, {"mse": reconstruction_loss(x, x_hat)})
+        """The training pass: the selector's training rule, the reconstruction and every loss
+        term."""
+        code, x_centered, pre = self._select(x, ctx.extras, {}, training=True)
+        x_hat = self._output(x, self.decode(code))
+        target = self._target(x, ctx.extras)
+        fwd = Forward(x, target, x_centered, pre, code, x_hat, ctx)
+        losses: dict[str, torch.Tensor] = {}
+        stats: dict[str, float] = {}
+        for term in self.losses:
+            losses.update(term.compute(self, fwd, stats))
+        if self.training:
+            with torch.no_grad():
+                for part in self.parts:
+                    part.observe(self, fwd, stats)
+        if isinstance(code, SparseCode):
+            stats.update({k: float(v.float().mean()) for k, v in code.stats.items()})
+        return TrainOutput(x_hat, dense_code(code), losses, stats)
 
-    # ---- training hooks ---------------------------------------------------------------------
+    def _target(self, x: torch.Tensor, extras: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if not self.is_transcoder:
+            return x
+        target = extras.get("target")
+        if target is None:
+            raise MissingExtrasError(
+                "a transcoder trains on paired activations: the stream must supply "
+                "extras['target'] (data spec model:NAME@MODULE:in->out or a paired cache)"
+            )
+        return target
+
+    def with_selector(self, selector: Selector) -> SAE:
+        """A view of this SAE with another selector and the same weights, e.g. a g-SAE or a
+        BatchTopK SAE used as per-token TopK: `sae.with_selector(TopK(k=32))`."""
+        view = copy.copy(self)
+        view.selector = selector
+        return view
+
+    # ---- training hooks -------------------------------------------------------------------------
     @torch.no_grad()
     def remove_parallel_decoder_grad(self) -> None:
-        """g_i <- g_i - <g_i, d_i> d_i: keep Adam's moments free of the radial part that the
-        renormalisation would throw away (methods.md §2.1)."""
-        if not self.unit_norm_decoder or self.W_dec.grad is None:
-            return
-        d = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        g = self.W_dec.grad
-        g -= (g * d).sum(-1, keepdim=True) * d
+        """Keep Adam's moments free of the radial part that renormalisation throws away."""
+        self.dictionary.remove_radial_grad(self)
 
     @torch.no_grad()
-    def normalise_decoder(self) -> None:
-        if self.unit_norm_decoder:
-            self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    def after_optimizer_step(self) -> None:
+        """Re-impose constraints after each update (unit atoms, non-negative thresholds)."""
+        for part in self.parts:
+            part.after_step(self)
 
     @torch.no_grad()
     def calibrate(self, codes: torch.Tensor) -> None:
-        """Called by the trainer after every step with the step's training codes; BatchTopK
-        uses it to track its inference threshold. Default: nothing."""
+        """Called by the trainer after every step with the step's training codes (running
+        inference thresholds and densities)."""
+        for part in self.parts:
+            part.calibrate(self, codes)
+
+    @property
+    def needs_finalise(self) -> bool:
+        return any(part.finalises for part in self.parts)
 
     @torch.no_grad()
     def finalise(self, x: torch.Tensor) -> None:
-        """Called once after training with fresh activations x [n, d_in] (training scale);
-        BatchTopK sets its inference threshold exactly here. Default: nothing."""
+        """Called once after training with fresh activations x [n, d_in] (training scale):
+        inference thresholds are set exactly here."""
+        if self.encoder is None:
+            return
+        pre = self.encoder.pre_activations(self, self.encoder.centre(self, x))
+        for part in self.parts:
+            part.finalise(self, pre)
 
-    # ---- conversions applied on save --------------------------------------------------------
+    # ---- conversions applied on save ------------------------------------------------------------
     @torch.no_grad()
-    def fold_input_scale(self, scale: float) -> None:
-        """The model was trained on x * scale; make it act on raw x with codes in raw units.
-
-        For positively homogeneous encoders the codes scale by 1/scale when every bias and
-        threshold does: W_enc and the unit-norm W_dec are unchanged, so atoms stay unit norm.
-        Subclasses with thresholds extend this.
-        """
-        self.b_dec /= scale
-        if self.has_encoder:
-            self.b_enc /= scale
+    def fold_input_scale(self, scale: float, target_scale: float | None = None) -> None:
+        """The SAE was trained on x·scale (a transcoder's target on y·target_scale); make it
+        act on raw activations with codes in raw units. Codes of positively homogeneous coders
+        scale by 1/scale when every bias, threshold and absolute stopping rule does; atoms
+        stay unit norm. With a separate target scale s_y the input weights first take the
+        factor scale/s_y, and everything else is divided by s_y."""
+        if target_scale is not None and target_scale != scale:
+            for part in self.parts:
+                part.rescale_input(self, scale / target_scale)
+            scale = target_scale
+        for part in self.parts:
+            part.fold_input_scale(self, scale)
 
     @torch.no_grad()
     def fold_decoder_norms(self) -> None:
-        """Make atoms unit norm without changing any reconstruction (methods.md §2.2).
-        Only meaningful for free-norm architectures; a no-op for unit-norm ones."""
+        """Make atoms unit norm without changing any reconstruction (free-norm dictionaries)."""
+        self.dictionary.fold_norms(self)
 
-    # ---- files --------------------------------------------------------------------------
+    @torch.no_grad()
+    def compact(self) -> None:
+        """Drop capacity that was never used (ITDA's unfilled atoms) before saving."""
+        for part in self.parts:
+            part.compact(self)
+
+    # ---- files ----------------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
         return {"architecture": self.architecture, **self.cfg.to_dict()}
+
+    def extra_repr(self) -> str:
+        names = [type(p).__name__ for p in self.parts]
+        return f"architecture={self.architecture!r}, parts={names}"
+
+
+class MissingExtrasError(ValueError):
+    """Encoding needs per-token extras (g-SAE's gradient, a transcoder's target) that were
+    not given."""
+
+
+class Part:
+    """Base of every part: hooks the SAE calls on all its parts. Each defaults to nothing."""
+
+    finalises = False  # has a `finalise` that needs fresh data after training
+
+    def attach(self, sae: SAE, atoms: torch.Tensor, gen: torch.Generator) -> None:
+        """Register this part's tensors on the SAE (atoms: the shared random init)."""
+
+    def observe(self, sae: SAE, fwd: Forward, stats: dict[str, float]) -> None:
+        """Learn from a training pass without gradients (ITDA grows its dictionary here)."""
+
+    def after_step(self, sae: SAE) -> None: ...
+
+    def calibrate(self, sae: SAE, codes: torch.Tensor) -> None: ...
+
+    def finalise(self, sae: SAE, pre: PreActivations) -> None: ...
+
+    def fold_input_scale(self, sae: SAE, scale: float) -> None: ...
+
+    def rescale_input(self, sae: SAE, factor: float) -> None:
+        """Weights applied to the raw input × factor (folding a separate target scale)."""
+
+    def compact(self, sae: SAE) -> None: ...

@@ -340,6 +340,8 @@ def _pursue_native(
     """`_pursue`'s loop for the Gram path in C (pursuit_kernels.c), same semantics: the
     kernel runs the steps between exact refreshes; the refreshes are batched matmuls here."""
     indices, coefs, updated = out
+    if any(t.dtype != Dc.dtype for t in (c, gram, r)):  # the C kernel reads raw pointers
+        raise TypeError(f"pursuit kernel: mixed dtypes {c.dtype}, {gram.dtype}, {r.dtype}")
     batch, p = c.shape
     n_steps = indices.shape[1]
     e0 = r.pow(2).sum(1) if rel is not None else torch.zeros(batch, dtype=r.dtype)  # unread

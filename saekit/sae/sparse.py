@@ -8,7 +8,7 @@ touches B·k encoder rows and atoms instead of a dense [batch, n_latents] gradie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,12 @@ import torch.nn.functional as F
 class SparseCode:
     """Non-zeros of a [batch, n_latents] code matrix, sorted by row.
 
-    rows, cols: LongTensor [nnz]; values: Tensor [nnz] (may carry gradient).
+    rows, cols: LongTensor [nnz]; values: Tensor [nnz] (may carry gradient). A (row, col) pair
+    may repeat (matching pursuit re-selects atoms): repeated values add up.
+    decoded: Σ_i f_i d_i [batch, d_out] without the bias, when the selector already computed
+      it more cheaply than a gather (the MP-SAE replay); None otherwise.
+    stats: per-token diagnostics of the selection by name, each [batch] (pursuit steps,
+      tokens whose norm-matching prefix was capped, ...).
     """
 
     rows: torch.Tensor
@@ -26,17 +31,31 @@ class SparseCode:
     values: torch.Tensor
     batch: int
     n_latents: int
+    decoded: torch.Tensor | None = None
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to_dense(self, detach: bool = True) -> torch.Tensor:
+        """[batch, n_latents]; repeated entries summed. Detached unless asked (metrics and
+        dead-latent tracking need no gradient; inference `encode` keeps it)."""
+        values = self.values.detach() if detach else self.values
+        out = values.new_zeros(self.batch * self.n_latents)
+        out = out.index_add(0, self.rows * self.n_latents + self.cols, values)
+        return out.view(self.batch, self.n_latents)
 
     def dense(self) -> torch.Tensor:
-        """[batch, n_latents]; detached (used for metrics and dead-latent tracking)."""
-        out = self.values.new_zeros(self.batch, self.n_latents)
-        out[self.rows, self.cols] = self.values.detach()
-        return out
+        return self.to_dense(detach=True)
 
     def select(self, keep: torch.Tensor) -> SparseCode:
         return SparseCode(
             self.rows[keep], self.cols[keep], self.values[keep], self.batch, self.n_latents
         )
+
+
+def dense_code(code: SparseCode | torch.Tensor, detach: bool = True) -> torch.Tensor:
+    """A selector's output as a dense [batch, n_latents] matrix."""
+    if isinstance(code, SparseCode):
+        return code.to_dense(detach)
+    return code.detach() if detach else code
 
 
 def from_topk(indices: torch.Tensor, n_latents: int) -> tuple[torch.Tensor, torch.Tensor]:

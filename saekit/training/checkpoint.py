@@ -29,7 +29,7 @@ def flatten(obj: Any, tensors: dict[str, torch.Tensor], path: str = "t") -> Any:
     Dicts become lists of [key, value] pairs so integer keys (optimizer state) survive JSON."""
     if isinstance(obj, torch.Tensor):
         key = f"{path}.{len(tensors)}"
-        tensors[key] = obj.detach().contiguous().clone()
+        tensors[key] = obj.detach().cpu().contiguous().clone()
         return {"__tensor__": key}
     if isinstance(obj, dict):
         return {"__dict__": [[k, flatten(v, tensors, f"{path}.{k}")] for k, v in obj.items()]}

@@ -1,8 +1,9 @@
 """One trainer for every architecture, and for several SAEs on one activation stream.
 
 Per step and per SAE: training_forward -> summed loss -> backward -> radial decoder
-gradient removed (unit-norm architectures) -> clip -> Adam -> LR schedule -> atoms
-renormalised -> inference calibration -> dead-latent counters. Inputs are scaled so that
+gradient removed (unit-norm architectures) -> clip -> Adam -> LR schedule -> constraints
+(unit atoms, thresholds) -> inference calibration -> dead-latent counters. Coders built
+without gradients (ITDA) learn inside training_forward and skip the optimiser. Inputs are scaled so that
 E||x|| = sqrt(d_in); the scale is folded into the weights when saving.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import signal
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ from saekit.sae.base import SAE, TrainContext
 from saekit.sae.registry import get_architecture, make_config
 from saekit.training import checkpoint as ckpt
 from saekit.training import logsinks
+from saekit.training.distributed import Distributed
 from saekit.training.init import geometric_median, input_scale
 
 
@@ -49,9 +52,14 @@ class TrainConfig:
     log_every: int = 25
     checkpoint_every: int = 0  # steps; 0 = only at the end and on interruption
     progress_bar: bool = True
+    device: str = "cpu"  # "cuda", "cuda:1", ...: SAEs and batches live there
+    # "bf16": matmuls in bfloat16 under autocast; weights, thresholds and Adam stay fp32.
+    autocast: str | None = None
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        if self.autocast not in (None, "bf16"):
+            raise ValueError(f"autocast must be None or 'bf16', got {self.autocast!r}")
         if self.init_b_dec not in {"geometric_median", "mean", "zero"}:
             raise ValueError(
                 f"init_b_dec must be geometric_median, mean or zero, got {self.init_b_dec!r}"
@@ -79,8 +87,9 @@ class Member:
 
     name: str
     sae: SAE
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    # None for coders built without gradients (ITDA grows its dictionary from the data).
+    optimizer: torch.optim.Optimizer | None
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None
     tokens_since_fired: torch.Tensor
     last: dict[str, float] = field(default_factory=dict)
 
@@ -99,6 +108,7 @@ class Trainer:
         cfg: TrainConfig,
         out_dir: str | Path | None = None,
         run_info: dict[str, Any] | None = None,
+        group: Distributed | None = None,
     ):
         if not saes:
             raise ValueError("nothing to train: no SAEs given")
@@ -108,12 +118,31 @@ class Trainer:
                     f"SAE {name!r} has d_in={sae.d_in} but the stream has d_in={stream.d_in}"
                 )
         self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        for sae in saes.values():
+            sae.to(self.device)
         self.stream = stream
-        self.out_dir = Path(out_dir) if out_dir is not None else None
+        # Data parallelism (training/distributed.py): gradients, dead counters and tracked
+        # buffers are reduced across ranks, and only rank 0 writes.
+        # `group`: the peers this process moves in lockstep with (both layouts); `dp`: the
+        # same group when it splits the data, else None.
+        self.group = group
+        self.dp = group if group is not None and group.mode == "data" else None
+        if self.dp is not None:
+            for name, sae in saes.items():
+                if not sae.learns_by_gradient:
+                    raise ValueError(f"{name} ({sae.architecture}) cannot train data-parallel")
+        writes = self.dp is None or self.dp.is_main
+        self.out_dir = Path(out_dir) if out_dir is not None and writes else None
+        # Where SAE directories go (module-parallel ranks share one saes/ folder).
+        self.saes_dir = self.out_dir / "saes" if self.out_dir is not None else None
         self.run_info = run_info or {}
         self.members = [self._member(name, sae) for name, sae in saes.items()]
         self.step = 0
         self.scale = 1.0
+        # A transcoder's target gets its own scale (E||y|| = sqrt(d_out)): an MLP's output can
+        # be ~10x its input, and one shared scale left its loss ~100x the usual size.
+        self.target_scale = 1.0
         self.initialised = False
         self._batches: Iterator[Batch] | None = None
         # Stream position after the last batch fetched whole (and so trained on, since
@@ -122,10 +151,13 @@ class Trainer:
 
     # ---- construction ------------------------------------------------------------------------
     def _member(self, name: str, sae: SAE) -> Member:
+        counters = torch.zeros(sae.n_latents, dtype=torch.int64, device=self.device)
+        if not sae.learns_by_gradient:
+            return Member(name, sae, None, None, counters)
         lr = self.cfg.lr if self.cfg.lr is not None else default_lr(sae.n_latents)
         opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=self.cfg.betas)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, self.cfg))
-        return Member(name, sae, opt, sched, torch.zeros(sae.n_latents, dtype=torch.int64))
+        return Member(name, sae, opt, sched, counters)
 
     def _next_batch(self) -> Batch:
         if self._batches is None:
@@ -141,8 +173,10 @@ class Trainer:
                 f"NaN/Inf activations in the batch for step {self.step} (rows {bad}); "
                 "nothing was trained on it — check the data source"
             )
-        x = batch.x.float() * self.scale
-        extras = dict(batch.extras)
+        x = batch.x.to(self.device).float() * self.scale
+        extras = {k: v.to(self.device) for k, v in batch.extras.items()}
+        if "target" in extras:  # transcoders: the target's own scale, folded on save
+            extras["target"] = extras["target"].float() * self.target_scale
         if "grad" in extras:
             # d loss / d(s·x) = (d loss / dx) / s: keep the gradient in the scaled coordinates.
             extras["grad"] = extras["grad"].float() / self.scale
@@ -150,20 +184,46 @@ class Trainer:
 
     @torch.no_grad()
     def _initialise(self) -> None:
-        sample = torch.cat([self._next_batch().x for _ in range(max(1, self.cfg.init_batches))])
+        batches = [self._next_batch() for _ in range(max(1, self.cfg.init_batches))]
+        if self.dp is not None:  # every rank sets the scale and b_dec from the same sample
+            batches = [
+                Batch(
+                    self.dp.gather_cat(b.x),
+                    {k: self.dp.gather_cat(v) for k, v in b.extras.items()},
+                )
+                for b in batches
+            ]
+        sample = torch.cat([b.x for b in batches])
+        targets = (
+            torch.cat([b.extras["target"] for b in batches])
+            if "target" in batches[0].extras
+            else None
+        )
         if self.cfg.normalise_inputs:
             self.scale = input_scale(sample)
-            sample = sample * self.scale
-        if self.cfg.init_b_dec == "geometric_median":
-            b = geometric_median(sample)
-        elif self.cfg.init_b_dec == "mean":
-            b = sample.mean(0)
-        else:
-            b = torch.zeros(sample.shape[1])
+            if targets is not None:
+                self.target_scale = input_scale(targets.float())
+        biases: dict[str, torch.Tensor] = {}  # computed once per space, shared by members
         for m in self.members:
-            if m.sae.b_dec.requires_grad:  # a frozen bias (e.g. MP-SAE without b_pre) stays 0
-                m.sae.b_dec.copy_(b)
+            # b_dec lives where the SAE reconstructs: the input, or a transcoder's target.
+            # A bias kept at 0 (MP-SAE without b_pre) is left alone.
+            if not m.sae.dictionary.bias_from_data:
+                continue
+            space = "target" if m.sae.is_transcoder else "x"
+            if space not in biases:
+                if space == "target":
+                    biases[space] = self._initial_bias(targets.float() * self.target_scale)
+                else:
+                    biases[space] = self._initial_bias(sample.float() * self.scale)
+            m.sae.b_dec.copy_(biases[space])
         self.initialised = True
+
+    def _initial_bias(self, sample: torch.Tensor) -> torch.Tensor:
+        if self.cfg.init_b_dec == "geometric_median":
+            return geometric_median(sample)
+        if self.cfg.init_b_dec == "mean":
+            return sample.mean(0)
+        return torch.zeros(sample.shape[1], device=sample.device)
 
     # ---- the loop ----------------------------------------------------------------------------
     def train_step(self, batch: Batch) -> None:
@@ -173,23 +233,36 @@ class Trainer:
         for m in self.members:
             dead = m.tokens_since_fired >= window
             ctx = TrainContext(dead_mask=dead, progress=progress, extras=batch.extras)
-            out = m.sae.training_forward(batch.x, ctx)
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=bool(self.cfg.autocast)):
+                out = m.sae.training_forward(batch.x, ctx)
             loss = sum(out.losses.values())
-            m.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            m.sae.remove_parallel_decoder_grad()
-            if self.cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(m.sae.parameters(), self.cfg.grad_clip)
-            m.optimizer.step()
-            m.scheduler.step()
-            m.sae.normalise_decoder()
+            if m.optimizer is not None:
+                self._update(m, loss)
             m.sae.calibrate(out.codes)
             fired = out.codes.any(0)
-            m.tokens_since_fired += len(batch)
+            if self.dp is not None:
+                fired = self.dp.any(fired)
+                self.dp.average_buffers(m.sae)
+            m.tokens_since_fired += len(batch) * (self.dp.world_size if self.dp else 1)
             m.tokens_since_fired[fired] = 0
             if log_now:
-                m.last = self._step_metrics(batch.x, out, loss, dead, m)
+                # a transcoder's x_hat predicts its target, [batch, d_out]: score it there
+                y = batch.extras["target"] if m.sae.is_transcoder else batch.x
+                m.last = self._step_metrics(y, out, loss, dead, m)
         self.step += 1
+
+    def _update(self, m: Member, loss: torch.Tensor) -> None:
+        """Backward, radial decoder gradient removed, clip, Adam, schedule, constraints."""
+        m.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.dp is not None:
+            self.dp.average_gradients(list(m.sae.parameters()))
+        m.sae.remove_parallel_decoder_grad()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(m.sae.parameters(), self.cfg.grad_clip)
+        m.optimizer.step()
+        m.scheduler.step()
+        m.sae.after_optimizer_step()
 
     @staticmethod
     @torch.no_grad()
@@ -201,7 +274,7 @@ class Trainer:
             "fvu": float(err / var),
             "l0": float((out.codes != 0).sum(-1).float().mean()),
             "dead_frac": float(dead.float().mean()),
-            "lr": m.scheduler.get_last_lr()[0],
+            "lr": m.scheduler.get_last_lr()[0] if m.scheduler is not None else 0.0,
         }
         row.update({f"loss_{k}": float(v) for k, v in out.losses.items()})
         row.update(out.stats)
@@ -230,9 +303,10 @@ class Trainer:
                     ):
                         self._log(log)
                         bar.set_postfix_str(self._postfix())
-                    if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                    every = self.cfg.checkpoint_every
+                    if every and self.step % every == 0 and self.out_dir is not None:
                         self.save_checkpoint()
-                    if interrupts.requested:
+                    if self._stop_requested(interrupts.requested):
                         raise KeyboardInterrupt
             except KeyboardInterrupt:
                 if self.out_dir is not None:
@@ -249,17 +323,25 @@ class Trainer:
             self.save_saes()
         return {m.name: dict(m.last) for m in self.members}
 
+    def _stop_requested(self, local: bool) -> bool:
+        """A stop (Ctrl-C, SIGTERM) on any rank stops every rank after the same step."""
+        if self.group is None:
+            return local
+        return bool(self.group.any(torch.tensor([local]))[0])
+
     @torch.no_grad()
     def _finalise(self, tokens: int = 16384) -> None:
         """Inference calibration on fresh batches with the final weights (after the last
         checkpoint, so a resumed run reads the same batches)."""
-        members = [m for m in self.members if type(m.sae).finalise is not SAE.finalise]
-        if not members:
+        members = [m for m in self.members if m.sae.needs_finalise]
+        if not members and self.group is None:  # ranks in lockstep read the batches anyway
             return
         n_batches = max(1, tokens // self.stream.batch_size)
         sample = torch.cat([self._next_batch().x for _ in range(n_batches)])
         for m in members:
             m.sae.finalise(sample)
+            if self.dp is not None:
+                self.dp.average_buffers(m.sae)
 
     def _postfix(self) -> str:
         m = self.members[0]
@@ -285,9 +367,10 @@ class Trainer:
     # ---- files -------------------------------------------------------------------------------
     def export(self, member: Member) -> SAE:
         """A copy of the SAE that acts on raw activations (scale and free norms folded)."""
-        sae = copy.deepcopy(member.sae).eval()
-        sae.fold_input_scale(self.scale)
+        sae = copy.deepcopy(member.sae).eval().cpu()
+        sae.fold_input_scale(self.scale, self.target_scale if sae.is_transcoder else None)
         sae.fold_decoder_norms()
+        sae.compact()
         return sae
 
     def save_saes(self) -> dict[str, Path]:
@@ -297,6 +380,7 @@ class Trainer:
             meta = {
                 "normalisation": {
                     "input_scale_folded": self.scale,
+                    **({"target_scale_folded": self.target_scale} if m.sae.is_transcoder else {}),
                     "convention": "E||x|| = sqrt(d_in)",
                 },
                 "data": self.stream.describe(),
@@ -308,13 +392,15 @@ class Trainer:
                     **self.run_info,
                 },
             }
-            paths[m.name] = native.save(self.export(m), self.out_dir / "saes" / m.name, meta)
+            paths[m.name] = native.save(self.export(m), self.saes_dir / m.name, meta)
         return paths
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
+            "world_size": self.dp.world_size if self.dp is not None else 1,
             "scale": self.scale,
+            "target_scale": self.target_scale,
             "initialised": self.initialised,
             "train_config": asdict(self.cfg),
             "stream": self._stream_position or self.stream.state_dict(),
@@ -324,8 +410,8 @@ class Trainer:
                     "name": m.name,
                     "sae_config": m.sae.config_dict(),
                     "model": m.sae.state_dict(),
-                    "optimizer": m.optimizer.state_dict(),
-                    "scheduler": m.scheduler.state_dict(),
+                    "optimizer": m.optimizer.state_dict() if m.optimizer else None,
+                    "scheduler": m.scheduler.state_dict() if m.scheduler else None,
                     "tokens_since_fired": m.tokens_since_fired,
                     "last": m.last,
                 }
@@ -338,8 +424,16 @@ class Trainer:
         return ckpt.write_checkpoint(self.out_dir / "checkpoints", self.step, self.state_dict())
 
     @classmethod
-    def resume(cls, out_dir: str | Path, stream: ActivationStream, **overrides: Any) -> Trainer:
-        """Rebuild a trainer from the newest checkpoint in out_dir."""
+    def resume(
+        cls,
+        out_dir: str | Path,
+        stream: ActivationStream,
+        group: Distributed | None = None,
+        **overrides: Any,
+    ) -> Trainer:
+        """Rebuild a trainer from the newest checkpoint in out_dir. Data-parallel runs resume
+        exactly at the same world size; at another, training continues from the same stream
+        position with the new global batch (said in a warning)."""
         out_dir = Path(out_dir)
         path = ckpt.latest_checkpoint(out_dir / "checkpoints")
         if path is None:
@@ -351,16 +445,25 @@ class Trainer:
             fields = {k: v for k, v in ms["sae_config"].items() if k != "architecture"}
             arch = ms["sae_config"]["architecture"]
             saes[ms["name"]] = get_architecture(arch)(make_config(arch, **fields))
-        trainer = cls(saes, stream, cfg, out_dir)
+        trainer = cls(saes, stream, cfg, out_dir, group=group)
+        world = trainer.dp.world_size if trainer.dp is not None else 1
+        if state.get("world_size", 1) != world:
+            warnings.warn(
+                f"{out_dir}: checkpoint written by {state.get('world_size', 1)} data-parallel "
+                f"rank(s), resumed on {world}: the run continues with a different global batch",
+                stacklevel=2,
+            )
         trainer.step = state["step"]
         trainer.scale = state["scale"]
+        trainer.target_scale = state.get("target_scale", state["scale"])
         trainer.initialised = state["initialised"]
         stream.load_state_dict(state["stream"])
         torch.set_rng_state(state["torch_rng"])
         for m, ms in zip(trainer.members, state["members"], strict=True):
             m.sae.load_state_dict(ms["model"])
-            m.optimizer.load_state_dict(ms["optimizer"])
-            m.scheduler.load_state_dict(ms["scheduler"])
+            if m.optimizer is not None:
+                m.optimizer.load_state_dict(ms["optimizer"])
+                m.scheduler.load_state_dict(ms["scheduler"])
             m.tokens_since_fired.copy_(ms["tokens_since_fired"])
             m.last = ms["last"]
         return trainer

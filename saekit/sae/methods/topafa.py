@@ -1,0 +1,50 @@
+"""top-AFA (Lee, Davies, Canby, Hockenmaier 2025, arXiv 2503.24277): no k; the code's norm is
+matched to the input's (selectors/norm_matching.py, losses/norm_matching.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from saekit.sae.losses import AuxK, NormMatchingLoss, Reconstruction
+from saekit.sae.methods.common import EncoderConfig, linear_parts
+from saekit.sae.registry import Composition, architecture
+from saekit.sae.selectors import NormMatching
+from saekit.sae.selectors.norm_matching import RULES
+
+LOSS_TARGETS = ("input", "centred")
+
+
+@dataclass
+class TopAFAConfig(EncoderConfig):
+    """rule: "nearest" or "first_exceed". k_max: cap on latents kept per token (effective
+    cap min(k_max, n_latents − 1)). afa_coeff: λ_AFA in the reference's units. loss_target:
+    "input" (un-centred ‖x‖, the reference) or "centred" (‖x − b_dec‖)."""
+
+    rule: str = "nearest"
+    k_max: int = 512
+    afa_coeff: float = 1 / 32
+    loss_target: str = "input"
+    k_aux: int | None = None  # default d_in // 2, as TopK
+    aux_coeff: float = 1 / 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
+        if self.loss_target not in LOSS_TARGETS:
+            raise ValueError(f"loss_target must be one of {LOSS_TARGETS}, got {self.loss_target!r}")
+        if self.k_max < 1:
+            raise ValueError(f"k_max must be >= 1, got {self.k_max}")
+        if self.afa_coeff < 0:
+            raise ValueError(f"afa_coeff must be >= 0, got {self.afa_coeff}")
+
+
+@architecture("topafa", TopAFAConfig)
+def topafa(cfg: TopAFAConfig) -> Composition:
+    """Per-token k: keep contributions until the code norm matches ‖x − b_dec‖;
+    λ(‖f‖ − ‖x‖)² + AuxK."""
+    return Composition(
+        **linear_parts(cfg),
+        selector=NormMatching(),
+        losses=[Reconstruction(), NormMatchingLoss(), AuxK()],
+    )
