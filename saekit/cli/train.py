@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 0,
     "dead_window_tokens": 1_000_000,
     "option": [],
+    "log": "jsonl",
 }
 
 
@@ -122,6 +123,9 @@ def add_parser(sub) -> None:
         type=float,
         default=300.0,
         help="seconds a rank waits on its peers before failing with a message (default 300)",
+    )
+    p.add_argument(
+        "--log", help="metric sinks: jsonl,tensorboard,wandb (W&B offline; default jsonl)"
     )
 
 
@@ -375,6 +379,7 @@ def _run(args, group) -> int:
     from saekit.data import open_stream, split_hookpoints
     from saekit.sae import get_architecture, make_config
     from saekit.training.distributed import BroadcastStream, split_stream
+    from saekit.training.logsinks import parse_sinks
     from saekit.training.report import write_run_report
     from saekit.training.trainer import TrainConfig, Trainer
 
@@ -389,6 +394,7 @@ def _run(args, group) -> int:
     else:
         settings = resolve(args)
         out = Path(settings["out"])
+    log_sinks = parse_sinks(settings.get("log"))  # a missing package fails before any work
     if not args.resume:
         if main:  # one capture; the other ranks wait for it
             settings["train_data"] = prepare_data(settings, out)
@@ -462,6 +468,7 @@ def _run(args, group) -> int:
         print(
             f"training {len(saes)} SAE(s): {', '.join(saes)}; {cfg.steps} steps x {per_step} tokens"
         )
+    trainer.log_sinks = log_sinks
     if modules:
         trainer.saes_dir = out / "saes"
     try:

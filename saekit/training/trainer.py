@@ -10,7 +10,6 @@ E||x|| = sqrt(d_in); the scale is folded into the weights when saving.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import signal
 import warnings
@@ -27,6 +26,7 @@ from saekit.formats import native
 from saekit.sae.base import SAE, TrainContext
 from saekit.sae.registry import get_architecture, make_config
 from saekit.training import checkpoint as ckpt
+from saekit.training import logsinks
 from saekit.training.distributed import Distributed
 from saekit.training.init import geometric_median, input_scale
 
@@ -352,26 +352,17 @@ class Trainer:
     def _open_log(self):
         if self.out_dir is None:
             return None
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / "metrics.jsonl"
-        if path.exists():  # resumed: drop lines written after the checkpoint we resumed from
-            keep = [
-                ln
-                for ln in path.read_text().splitlines()
-                if ln and json.loads(ln)["step"] <= self.step
-            ]
-            path.write_text("".join(k + "\n" for k in keep))
-        return open(path, "a")
+        # Sinks: metrics.jsonl by default; `log_sinks` (set by `saekit train --log`) adds
+        # TensorBoard / W&B offline (saekit/training/logsinks.py).
+        return logsinks.open_sinks(self.out_dir, getattr(self, "log_sinks", None), self.step)
 
-    def _log(self, fh) -> None:
-        if fh is None:
+    def _log(self, sinks) -> None:
+        if sinks is None:
             return
         tokens = self.step * self.stream.batch_size
-        for m in self.members:
-            fh.write(
-                json.dumps({"step": self.step, "tokens": tokens, "sae": m.name, **m.last}) + "\n"
-            )
-        fh.flush()
+        sinks.write(
+            {"step": self.step, "tokens": tokens, "sae": m.name, **m.last} for m in self.members
+        )
 
     # ---- files -------------------------------------------------------------------------------
     def export(self, member: Member) -> SAE:
