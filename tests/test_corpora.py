@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 
 import pytest
 import torch
@@ -70,8 +71,8 @@ def test_file_corpus_txt_jsonl_and_errors(tmp_path):
         open_corpus("no-such-corpus")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets installed")
-def test_hf_corpus_without_datasets_is_a_clear_error():
+def test_hf_corpus_without_datasets_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
     with pytest.raises(ImportError, match="pip install datasets"):
         open_corpus("hf:some/dataset")
 
