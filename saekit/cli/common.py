@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 
@@ -75,3 +77,96 @@ def parse_options(items: list[str]) -> dict[str, list[Any]]:
         parts = [value] if value.startswith("[") else value.split(",")
         out[key.strip().replace("-", "_")] = [parse_value(v) for v in parts]
     return out
+
+
+# ---- argparse value types: bad values fail at parse time, before any work -----------------
+# argparse turns the ArgumentTypeError message into "argument --flag: MESSAGE" (exit code 2).
+
+
+def _number(text: str, conv: type) -> Any:
+    # A ValueError makes argparse say "invalid int value: 'abc'", as for type=int.
+    value = conv(text)
+    if conv is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def int_in(lo: int | None = None, hi: int | None = None):
+    """An argparse type: an integer in [lo, hi] (None = unbounded)."""
+
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(_range_message(value, lo, hi))
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def float_in(lo: float | None = None, hi: float | None = None, open_lo: bool = False):
+    """An argparse type: a finite number in [lo, hi] ((lo, hi] with open_lo)."""
+
+    def parse(text: str) -> float:
+        value = _number(text, float)
+        if (lo is not None and (value < lo or (open_lo and value == lo))) or (
+            hi is not None and value > hi
+        ):
+            raise argparse.ArgumentTypeError(_range_message(value, lo, hi, open_lo))
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+def _range_message(value: Any, lo: Any, hi: Any, open_lo: bool = False) -> str:
+    if hi is None:
+        return f"must be {'>' if open_lo else '>='} {lo}, got {value}"
+    if lo is None:
+        return f"must be <= {hi}, got {value}"
+    return f"must be in {'(' if open_lo else '['}{lo}, {hi}], got {value}"
+
+
+positive_int = int_in(1)
+nonneg_int = int_in(0)
+positive_float = float_in(0.0, open_lo=True)
+port_number = int_in(0, 65535)
+thread_count = int_in(1, 4096)
+
+
+def text_arg(text: str) -> str:
+    """Any argument that becomes a file name or is written to a file must be valid UTF-8
+    (undecodable argv bytes arrive as lone surrogates and fail only when written)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"{text.encode('utf-8', 'replace')!r} is not valid UTF-8"
+        ) from None
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def path_arg(text: str) -> Path:
+    return Path(text_arg(text))
+
+
+def check_output_dir(path: Path, flag: str = "--out") -> None:
+    """Fail now, not after the work, when `path` cannot become a directory we write into."""
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{flag} {path}: {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UsageError(f"{flag} {path}: {parent} is not writable")
+            return
+
+
+def check_output_file(path: Path, flag: str = "--out") -> None:
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a directory, expected a file name")
+    check_output_dir(path.parent, flag)
+
+
+context_length = int_in(2, 1 << 20)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from saekit.cli.common import path_arg
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -12,7 +14,7 @@ def add_parser(sub) -> None:
         help="describe a saved SAE (architecture, shapes, provenance)",
         description="Print an SAE directory's architecture, shapes, options and provenance.",
     )
-    p.add_argument("sae_dir", type=Path)
+    p.add_argument("sae_dir", type=path_arg)
     p.add_argument("--json", action="store_true", help="print cfg.json as JSON")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from saekit.cli.common import path_arg
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -15,7 +17,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "inputs",
-        type=Path,
+        type=path_arg,
         nargs="+",
         help="SAE directories (with eval.json), run directories (saes/*/eval.json) or "
         "eval JSON files (including 'saekit eval --out' files)",
@@ -23,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "-o",
         "--out",
-        type=Path,
+        type=path_arg,
         default=Path("report.html"),
         help="HTML file to write (default report.html); PNGs go beside it",
     )

@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import tomllib
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from saekit.cli.common import UsageError, parse_options, set_threads
+from saekit.cli.common import (
+    UsageError,
+    check_output_dir,
+    int_in,
+    nonneg_int,
+    parse_options,
+    path_arg,
+    positive_float,
+    positive_int,
+    set_threads,
+    text_arg,
+    thread_count,
+)
+
+# Far beyond any SAE trained today (2^16 = 65,536 latents per d_in... 2^26 in all), and a
+# clear line instead of an allocation that swaps or dies.
+MAX_LATENTS = 2**26
+MAX_SEED = 2**63 - 1
 
 DEFAULTS: dict[str, Any] = {
     # The main job: the offline default model (SmolLM2-135M), its middle layer's output.
@@ -43,50 +61,67 @@ def add_parser(sub) -> None:
             "Comma-separated values sweep: '-a topk,batchtopk --k 16,32' trains four SAEs."
         ),
     )
-    p.add_argument("--config", type=Path, help="JSON or TOML file with any of these options")
+    p.add_argument("--config", type=path_arg, help="JSON or TOML file with any of these options")
     p.add_argument(
         "--data",
+        type=text_arg,
         help="synthetic:<recipe>[:k=v,...] | model:<name>[@hookpoint] | cache:<dir> "
         f"(default {DEFAULTS['data']})",
     )
     p.add_argument(
-        "-a", "--architecture", help="architecture name(s), comma-separated (default topk)"
+        "-a",
+        "--architecture",
+        type=text_arg,
+        help="architecture name(s), comma-separated (default topk)",
     )
-    p.add_argument("--n-latents", type=int, help="dictionary size (default 8 x d_in)")
     p.add_argument(
-        "--k", help="k for TopK-family architectures (default 32); comma-separated to sweep"
+        "--n-latents", type=int_in(1, MAX_LATENTS), help="dictionary size (default 8 x d_in)"
+    )
+    p.add_argument(
+        "--k",
+        type=text_arg,
+        help="k for TopK-family architectures (default 32); comma-separated to sweep",
     )
     p.add_argument(
         "-o",
         "--option",
         action="append",
         metavar="KEY=VALUE[,VALUE]",
+        type=text_arg,
         help="architecture option (e.g. l1_coeff=5, target_l0=32, or matryoshka.k=24 for one "
         "architecture only); repeat; comma lists sweep",
     )
     p.add_argument(
         "--cache-tokens",
-        type=int,
+        type=nonneg_int,
         help="model data: tokens captured to a cache in "
         "the run dir before training (default 150000; 0 = stream from the model)",
     )
-    p.add_argument("--steps", type=int, help="optimiser steps (default 1500)")
-    p.add_argument("--batch-size", type=int, help="tokens per step (default 1024)")
-    p.add_argument("--lr", type=float, help="learning rate (default 2e-4/sqrt(n_latents/2^14))")
-    p.add_argument("--seed", type=int, help="seed for data, initialisation and sampling")
-    p.add_argument("--out", help="run directory (default runs/latest)")
-    p.add_argument("--eval-tokens", type=int, help="held-out tokens for the final evaluation")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0 = end only)")
+    p.add_argument("--steps", type=positive_int, help="optimiser steps (default 1500)")
+    p.add_argument("--batch-size", type=positive_int, help="tokens per step (default 1024)")
+    p.add_argument(
+        "--lr", type=positive_float, help="learning rate (default 2e-4/sqrt(n_latents/2^14))"
+    )
+    p.add_argument(
+        "--seed", type=int_in(0, MAX_SEED), help="seed for data, initialisation and sampling"
+    )
+    p.add_argument("--out", type=text_arg, help="run directory (default runs/latest)")
+    p.add_argument(
+        "--eval-tokens", type=positive_int, help="held-out tokens for the final evaluation"
+    )
+    p.add_argument(
+        "--checkpoint-every", type=nonneg_int, help="steps between checkpoints (0 = end only)"
+    )
     p.add_argument(
         "--dead-window-tokens",
-        type=int,
+        type=positive_int,
         help="tokens without firing before a latent counts as dead",
     )
     p.add_argument(
-        "--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run exactly"
+        "--resume", type=path_arg, metavar="RUN_DIR", help="continue an interrupted run exactly"
     )
     p.add_argument(
-        "--threads", type=int, help="torch threads (default: all cores when idle, else 1)"
+        "--threads", type=thread_count, help="torch threads (default: all cores when idle, else 1)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -94,11 +129,17 @@ def add_parser(sub) -> None:
 def load_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist")
-    text = path.read_text()
+    if path.stat().st_size > 2**20:
+        raise UsageError(f"config file {path}: larger than 1 MiB")
     try:
+        text = path.read_text(encoding="utf-8")
         cfg = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"config file {path}: {e}") from None
+    except RecursionError:
+        raise UsageError(f"config file {path}: nested too deeply") from None
+    if not isinstance(cfg, dict):
+        raise UsageError(f"config file {path}: expected a table of options")
     unknown = sorted(set(cfg) - set(DEFAULTS))
     if unknown:
         raise UsageError(f"config file {path}: unknown keys {unknown}; valid: {sorted(DEFAULTS)}")
@@ -116,18 +157,110 @@ def resolve(args) -> dict[str, Any]:
             settings[key] = value
     if isinstance(settings["option"], dict):
         settings["option"] = [f"{k}={v}" for k, v in settings["option"].items()]
+    check_settings(settings, where=f"config file {args.config}" if args.config else "")
     return settings
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# key -> (check, what it must be); a config file's values pass the same checks as flags.
+_SETTING_CHECKS: dict[str, tuple[Any, str]] = {
+    "data": (lambda v: isinstance(v, str) and v != "", "a data spec string"),
+    "cache_tokens": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "architecture": (lambda v: isinstance(v, str) and v.strip(",") != "", "architecture names"),
+    "n_latents": (
+        lambda v: v is None or (_is_int(v) and 1 <= v <= MAX_LATENTS),
+        f"an integer in [1, {MAX_LATENTS}]",
+    ),
+    "k": (
+        lambda v: (
+            v is None
+            or (_is_int(v) and v >= 1)
+            or (
+                isinstance(v, str)
+                and all(p.strip().isdigit() and int(p) >= 1 for p in v.split(","))
+            )
+        ),
+        "a positive integer or a comma-separated list of them",
+    ),
+    "steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "lr": (
+        lambda v: (
+            v is None
+            or (isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < float("inf"))
+        ),
+        "a positive finite number",
+    ),
+    "seed": (lambda v: _is_int(v) and 0 <= v <= MAX_SEED, "an integer >= 0"),
+    "out": (lambda v: isinstance(v, str) and v != "", "a directory name"),
+    "eval_tokens": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "checkpoint_every": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = at the end)"),
+    "dead_window_tokens": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "option": (
+        lambda v: isinstance(v, list) and all(isinstance(o, str) for o in v),
+        "a list of KEY=VALUE strings or a table",
+    ),
+}
+
+
+def check_settings(settings: dict[str, Any], where: str = "") -> None:
+    """Every setting by type and range, before any work starts."""
+    for key, (ok, what) in _SETTING_CHECKS.items():
+        value = settings.get(key)
+        if not ok(value):
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{where + ': ' if where else ''}{flag} must be {what}, got {value!r}")
+        if isinstance(value, str):
+            text_arg_or_fail(value, key)
+
+
+def text_arg_or_fail(value: str, key: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"--{key.replace('_', '-')} is not valid UTF-8") from None
+
+
+def absolute_data_spec(spec: str) -> str:
+    """cache:DIR with DIR made absolute, so a run resumes from any working directory."""
+    kind, colon, rest = spec.partition(":")
+    if kind != "cache" or not rest:
+        return spec
+    path, at, hookpoint = rest.rpartition("@")
+    if not at or Path(rest).is_dir():
+        path, at, hookpoint = rest, "", ""
+    return f"cache:{Path(path).resolve()}{at}{hookpoint}"
+
+
+def check_memory(runs: dict[str, tuple[str, dict[str, Any]]], d_in: int) -> None:
+    """Refuse a sweep whose weights and optimiser state cannot fit in this machine's memory
+    (W_enc, W_dec, their gradients and two Adam moments: ~6 x n_latents x d_in floats each)."""
+    need = sum(6 * 4 * int(cfg["n_latents"]) * d_in for _, cfg in runs.values())
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        n = max(int(cfg["n_latents"]) for _, cfg in runs.values())
+        raise UsageError(
+            f"n_latents={n} x d_in={d_in} needs ~{need / 2**30:.1f} GiB to train "
+            f"{len(runs)} SAE(s); this machine has {have / 2**30:.1f} GiB (lower --n-latents)"
+        )
 
 
 def sweep(settings: dict[str, Any], d_in: int) -> dict[str, tuple[str, dict[str, Any]]]:
     """name -> (architecture, config fields) for every point of the sweep."""
+    from saekit.formats.native import check_config_values
     from saekit.sae import architectures, get_architecture
 
     archs = [a.strip() for a in str(settings["architecture"]).split(",") if a.strip()]
     for a in archs:
         get_architecture(a)  # unknown names fail here, listing the valid ones
     options = parse_options(list(settings["option"]))
-    if settings["k"] is not None:
+    if settings["k"] is not None and "k" not in options:  # an explicit -o k=... wins
         options["k"] = [int(v) for v in str(settings["k"]).split(",")]
     n_latents = int(settings["n_latents"] or 8 * d_in)
     valid = {a: {f.name for f in fields(get_architecture(a).Config)} for a in archs}
@@ -151,6 +284,10 @@ def sweep(settings: dict[str, Any], d_in: int) -> dict[str, tuple[str, dict[str,
         mine |= {k.split(".", 1)[1]: v for k, v in options.items() if k.startswith(arch + ".")}
         for combo in itertools.product(*mine.values()):
             chosen = dict(zip(mine, combo))
+            try:
+                check_config_values(get_architecture(arch).Config, chosen)
+            except ValueError as e:
+                raise UsageError(f"-o for {arch}: {e}") from None
             label = "-".join([arch, *(f"{k}{v}" for k, v in chosen.items() if len(mine[k]) > 1)])
             runs[label] = (
                 arch,
@@ -192,7 +329,7 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
             and (has_grad or not with_grad)
         ):
             print(f"reusing the activation cache in {cache_dir}")
-            return f"cache:{cache_dir}@{hp}"
+            return f"cache:{cache_dir.resolve()}@{hp}"
     print(f"loading model {name!r} ...")
     model, tokenizer = load_model_cached(name)
     hookpoint = hookpoint or default_hookpoint(model)
@@ -216,7 +353,53 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
         overwrite=True,
         progress=True,
     )
-    return f"cache:{cache_dir}@{hookpoint}"
+    return f"cache:{cache_dir.resolve()}@{hookpoint}"
+
+
+def _in_run(spec: str, out: Path) -> str | None:
+    """The cache path of `spec` relative to the run directory when it lies inside it."""
+    if not spec.startswith("cache:"):
+        return None
+    path, at, hookpoint = spec[len("cache:") :].rpartition("@")
+    if not at:
+        path, hookpoint = spec[len("cache:") :], ""
+    try:
+        rel = Path(path).resolve().relative_to(out.resolve())
+    except ValueError:
+        return None
+    return f"{rel}@{hookpoint}" if hookpoint else str(rel)
+
+
+def read_run_file(run_dir: Path) -> dict[str, Any]:
+    """run.json's settings, checked like a config file."""
+    if not run_dir.is_dir():
+        raise UsageError(f"--resume {run_dir}: not a directory")
+    run_file = run_dir / "run.json"
+    if not run_file.is_file():
+        if (run_dir / "activations").is_dir():
+            raise UsageError(
+                f"{run_dir}: no run.json: the run stopped while capturing activations, before "
+                "training began; re-run the same 'saekit train' command to continue"
+            )
+        raise UsageError(f"{run_dir} is not a saekit run directory (no run.json)")
+    try:
+        doc = json.loads(run_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise UsageError(f"{run_file}: not valid JSON ({e})") from None
+    settings = doc.get("settings") if isinstance(doc, dict) else None
+    if not isinstance(settings, dict):
+        raise UsageError(f"{run_file}: no 'settings' object")
+    settings = {**DEFAULTS, **settings}
+    check_settings(settings, where=str(run_file))
+    if not isinstance(settings.get("train_data"), str):
+        raise UsageError(f"{run_file}: 'train_data' must be a data spec string")
+    rel = settings.get("train_data_in_run")
+    if rel is not None:
+        # The run's own activation cache, relative to the run directory (runs move).
+        if not isinstance(rel, str):
+            raise UsageError(f"{run_file}: 'train_data_in_run' must be a string")
+        settings["train_data"] = f"cache:{run_dir / rel}"
+    return settings
 
 
 def run(args) -> int:
@@ -225,18 +408,21 @@ def run(args) -> int:
     from saekit.training.report import write_run_report
     from saekit.training.trainer import TrainConfig, Trainer
 
-    threads = set_threads(args.threads)
     if args.resume:
-        run_file = args.resume / "run.json"
-        if not run_file.is_file():
-            raise UsageError(f"{args.resume} is not a saekit run directory (no run.json)")
-        settings = json.loads(run_file.read_text())["settings"]
+        settings = read_run_file(args.resume)
         out = args.resume
+        check_output_dir(out, "--resume")
     else:
         settings = resolve(args)
         out = Path(settings["out"])
+        check_output_dir(out)
+        settings["data"] = absolute_data_spec(str(settings["data"]))
+        # Architecture names and options fail now, before a capture of many minutes.
+        sweep(settings, 1)
+    threads = set_threads(args.threads)
     if not args.resume:
         settings["train_data"] = prepare_data(settings, out)
+        settings["train_data_in_run"] = _in_run(settings["train_data"], out)
     stream = open_stream(
         settings["train_data"], batch_size=int(settings["batch_size"]), seed=int(settings["seed"])
     )
@@ -248,6 +434,7 @@ def run(args) -> int:
         print(f"resuming at step {trainer.step} of {trainer.cfg.steps}")
     else:
         runs = sweep(settings, stream.d_in)
+        check_memory(runs, stream.d_in)
         saes = {name: get_architecture(a)(make_config(a, **cfg)) for name, (a, cfg) in runs.items()}
         cfg = TrainConfig(
             steps=int(settings["steps"]),
