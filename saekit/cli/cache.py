@@ -36,9 +36,7 @@ def add_parser(sub) -> None:
         help="module path (repeatable; see 'saekit hookpoints MODEL'); default: "
         "the middle decoder layer",
     )
-    p.add_argument(
-        "--tokens", type=int, required=True, help="training tokens per hookpoint"
-    )
+    p.add_argument("--tokens", type=int, required=True, help="training tokens per hookpoint")
     p.add_argument("--out", type=path_arg, required=True, help="output directory")
     p.add_argument(
         "--corpus",

@@ -31,7 +31,10 @@ def one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) or repr(e)
     if len(text) > 1000:
         text = text[:1000] + " ..."
-    if isinstance(e, USER_ERRORS):
+    from saekit.formats.native import SAEFileError
+    from saekit.training.checkpoint import CheckpointError
+
+    if isinstance(e, (*USER_ERRORS, SAEFileError, CheckpointError)):
         return text
     return f"{type(e).__name__}: {text} (run 'saekit --debug ...' for the traceback)"
 

@@ -444,8 +444,16 @@ def run(args) -> int:
             progress_bar=not args.no_progress,
         )
         out.mkdir(parents=True, exist_ok=True)
-        (out / "run.json").write_text(
-            json.dumps({"settings": settings, "saes": runs}, indent=2) + "\n"
+        # A new run in this directory: checkpoints of an earlier run there are not resumable
+        # with the new run.json, and a fallback must never pick one up.
+        if (out / "checkpoints").is_dir():
+            import shutil
+
+            shutil.rmtree(out / "checkpoints")
+        from saekit.formats.atomic import atomic_write_text
+
+        atomic_write_text(
+            out / "run.json", json.dumps({"settings": settings, "saes": runs}, indent=2) + "\n"
         )
         trainer = Trainer(saes, stream, cfg, out, run_info={"data_spec": settings["train_data"]})
         print(
@@ -454,9 +462,16 @@ def run(args) -> int:
     try:
         trainer.fit()
     except KeyboardInterrupt:
-        print(
-            f"\ninterrupted at step {trainer.step}; checkpoint written. Resume with: saekit train --resume {out}"
-        )
+        from saekit.training.checkpoint import latest_checkpoint
+
+        if latest_checkpoint(out / "checkpoints") is None:
+            print(
+                "\ninterrupted before the first checkpoint; run the same command again to start over"
+            )
+        else:
+            print(
+                f"\ninterrupted at step {trainer.step}; checkpoint written. Resume with: saekit train --resume {out}"
+            )
         return 130
     report = write_run_report(out, settings, eval_tokens=int(settings["eval_tokens"]))
     print(report.summary)

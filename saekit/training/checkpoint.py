@@ -139,8 +139,8 @@ def write_checkpoint(
         }
         (tmp / STATE_JSON).write_text(json.dumps(doc, separators=(",", ":")))
     atomic_write_text(checkpoint_root / LATEST, target.name + "\n")
-    old = sorted(p for p in checkpoint_root.glob("step-*") if p.is_dir())[:-keep]
-    for p in old:
+    others = sorted(p for p in checkpoint_root.glob("step-*") if p.is_dir() and p != target)
+    for p in others[: max(0, len(others) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
     return target
 

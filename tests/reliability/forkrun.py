@@ -1,0 +1,116 @@
+"""A fork server for fault-injection trials: import saekit (and torch) once, then run each
+`saekit ...` command line in a forked child that the parent can SIGKILL or signal at a chosen
+moment. The child is a real process running the real CLI entry point (`saekit.cli.main.main`);
+forking only skips the ~2 s of imports per run, so dozens of kill trials fit in CI.
+
+The parent never runs a torch operation (a forked child would inherit a half-initialised
+thread pool), so comparisons of results are done on file bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("SAEKIT_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Heavy imports once, before any fork (no torch ops).
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot  # noqa: E402, F401
+import torch  # noqa: E402, F401
+
+import saekit.cli.main  # noqa: E402
+import saekit.cli.train  # noqa: E402, F401
+import saekit.data.synthetic  # noqa: E402, F401
+import saekit.evaluation.evaluate  # noqa: E402, F401
+import saekit.training.report  # noqa: E402, F401
+import saekit.training.trainer  # noqa: E402, F401
+
+
+def run(
+    argv: list[str],
+    log: Path,
+    kill_after: float | None = None,
+    signals: list[tuple[float, int]] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120.0,
+    prepare=None,
+    after_file: Path | None = None,
+) -> tuple[str, int | None, float]:
+    """Run `saekit ARGV` in a child. kill_after: SIGKILL it after that many seconds.
+    signals: [(delay_from_start, signum), ...] sent in order. Returns (how, code, seconds):
+    how is "exit" (code = exit status) or "killed". prepare: called in the child before the
+    command (to inject a fault). after_file: signal and kill times count from the moment
+    this path exists (e.g. metrics.jsonl: training has begun)."""
+    start = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 99
+        try:
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            sys.stdout = os.fdopen(1, "w", buffering=1)
+            sys.stderr = os.fdopen(2, "w", buffering=1)
+            if cwd is not None:
+                os.chdir(cwd)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if prepare is not None:
+                prepare()
+            code = saekit.cli.main.main(list(argv))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:  # noqa: BLE001 - report anything as a failed run
+            import traceback
+
+            traceback.print_exc()
+            code = 98
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(int(code or 0))
+    plan = sorted(signals or [])
+    if kill_after is not None:
+        plan.append((kill_after, signal.SIGKILL))
+    if after_file is not None and plan:
+        while not after_file.exists():
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return _result(status, start)
+            time.sleep(0.002)
+        start0 = time.perf_counter() - start
+        plan = [(at + start0, signum) for at, signum in plan]
+    for at, signum in plan:
+        while time.perf_counter() - start < at:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return _result(status, start)
+            time.sleep(0.002)
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    deadline = start + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return _result(status, start)
+        if time.perf_counter() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise TimeoutError(f"saekit {' '.join(argv)} ran over {timeout} s; log {log}")
+        time.sleep(0.005)
+
+
+def _result(status: int, start: float) -> tuple[str, int | None, float]:
+    seconds = time.perf_counter() - start
+    if os.WIFSIGNALED(status):
+        return "killed", None, seconds
+    return "exit", os.WEXITSTATUS(status), seconds
