@@ -170,3 +170,78 @@ def check_output_file(path: Path, flag: str = "--out") -> None:
 
 
 context_length = int_in(2, 1 << 20)
+
+
+def check_cache_manifest(cache_dir: Path) -> None:
+    """An activation cache's manifest.json checked by schema before anything reads it, so an
+    edited manifest gives one line naming the field (not a KeyError deep in the reader)."""
+    import json
+
+    path = cache_dir / "manifest.json"
+    if not path.is_file():
+        return  # the reader says "no manifest" itself
+    try:
+        if path.stat().st_size > 64 * 2**20:
+            raise UsageError(f"{path}: larger than 64 MiB; not a cache manifest")
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: nested too deeply") from None
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise UsageError(f"{path}: {what}")
+
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    need(isinstance(m, dict), "expected a JSON object")
+    version = m.get("format_version")
+    need(count(version), f"format_version must be an integer, got {version!r}")
+    hookpoints = m.get("hookpoints")
+    need(isinstance(hookpoints, dict) and bool(hookpoints), "hookpoints must be a non-empty object")
+    for h, entry in hookpoints.items():
+        where = f"hookpoints[{h!r}]"
+        need(isinstance(entry, dict), f"{where} must be an object")
+        arrays, splits = entry.get("arrays"), entry.get("splits")
+        need(isinstance(arrays, dict) and "x" in arrays, f"{where}.arrays must describe 'x'")
+        for name, spec in arrays.items():
+            need(
+                isinstance(spec, dict)
+                and spec.get("dtype") in ("float16", "bfloat16", "float32", "int32", "int64")
+                and isinstance(spec.get("shape"), list)
+                and all(count(d) and d <= 2**24 for d in spec["shape"]),
+                f"{where}.arrays[{name!r}] must have a known dtype and a small shape",
+            )
+        need(isinstance(splits, dict), f"{where}.splits must be an object")
+        for split, s in splits.items():
+            need(
+                isinstance(s, dict)
+                and count(s.get("n_tokens"))
+                and isinstance(s.get("shards"), list),
+                f"{where}.splits[{split!r}] needs n_tokens and a list of shards",
+            )
+            for shard in s["shards"]:
+                ok = isinstance(shard, dict) and isinstance(shard.get("file"), str)
+                rel = Path(shard["file"]) if ok else Path("/")
+                need(
+                    ok
+                    and not rel.is_absolute()
+                    and ".." not in rel.parts
+                    and count(shard.get("n_tokens"))
+                    and count(shard.get("bytes"))
+                    and isinstance(shard.get("sha256"), str),
+                    f"{where}.splits[{split!r}] has a malformed shard entry "
+                    "(file inside the cache, n_tokens, bytes, sha256)",
+                )
+
+
+def check_data_spec(spec: str) -> None:
+    """Validate what a data spec points at, where that is a file we can check cheaply."""
+    kind, _, rest = spec.partition(":")
+    if kind == "cache" and rest:
+        path, at, _ = rest.rpartition("@")
+        if not at or Path(rest).is_dir():
+            path = rest
+        check_cache_manifest(Path(path))

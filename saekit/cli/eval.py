@@ -107,7 +107,7 @@ def probe_settings(args):
 
 
 def run(args) -> int:
-    from saekit.cli.common import UsageError, set_threads
+    from saekit.cli.common import UsageError, check_data_spec, set_threads
     from saekit.data import open_stream
     from saekit.evaluation.comparison import table
     from saekit.evaluation.evaluate import EvalSettings, evaluate_sae, model_source
@@ -136,6 +136,7 @@ def run(args) -> int:
         if "core" in groups or "synthetic" in groups:
             if spec is None:
                 raise UsageError(f"{sae_dir}: no data spec recorded; pass --data")
+            check_data_spec(spec)
             stream = open_stream(spec, batch_size=args.batch_size, seed=args.seed, split="eval")
             if stream.d_in != sae.d_in:
                 raise UsageError(

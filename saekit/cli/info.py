@@ -42,9 +42,15 @@ def run(args) -> int:
         print(f"  normalisation {json.dumps(meta['normalisation'])} (folded into the weights)")
     eval_file = Path(args.sae_dir) / "eval.json"
     if eval_file.is_file():
-        core = json.loads(eval_file.read_text()).get("core", {})
+        from saekit.cli.report import read_eval_json
+
+        core = read_eval_json(eval_file).get("core", {})
         print(
             "  eval          "
-            + "  ".join(f"{k}={core[k]:.4g}" for k in ("fvu", "l0", "frac_dead") if k in core)
+            + "  ".join(
+                f"{k}={core[k]:.4g}"
+                for k in ("fvu", "l0", "frac_dead")
+                if isinstance(core.get(k), int | float)
+            )
         )
     return 0

@@ -12,6 +12,7 @@ from typing import Any
 
 from saekit.cli.common import (
     UsageError,
+    check_data_spec,
     check_output_dir,
     int_in,
     nonneg_int,
@@ -423,6 +424,7 @@ def run(args) -> int:
     if not args.resume:
         settings["train_data"] = prepare_data(settings, out)
         settings["train_data_in_run"] = _in_run(settings["train_data"], out)
+    check_data_spec(settings["train_data"])
     stream = open_stream(
         settings["train_data"], batch_size=int(settings["batch_size"]), seed=int(settings["seed"])
     )

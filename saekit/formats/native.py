@@ -226,12 +226,12 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
     fields = {k: v for k, v in cfg.items() if k not in reserved}
     try:
         check_config_values(cls.Config, fields)
+        for dim in ("d_in", "n_latents"):
+            if isinstance(fields.get(dim), int) and fields[dim] < 1:
+                raise ValueError(f"{dim} must be >= 1, got {fields[dim]}")
         config = make_config(name, **fields)
     except (TypeError, ValueError) as e:
         raise SAEFileError(f"{cfg_path}: {e}") from None
-    for dim in ("d_in", "n_latents"):
-        if getattr(config, dim, 1) < 1:
-            raise SAEFileError(f"{cfg_path}: {dim} must be >= 1, got {getattr(config, dim)}")
     weights_path = path / WEIGHTS_FILE
     if not weights_path.is_file():
         raise SAEFileError(f"{path}: missing {WEIGHTS_FILE}")

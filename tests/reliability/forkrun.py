@@ -114,3 +114,89 @@ def _result(status: int, start: float) -> tuple[str, int | None, float]:
     if os.WIFSIGNALED(status):
         return "killed", None, seconds
     return "exit", os.WEXITSTATUS(status), seconds
+
+
+def call(fn, log: Path, timeout: float = 300.0) -> int:
+    """Run fn() in a forked child (for setup that needs torch); its exit status."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            fn()
+        except BaseException:  # noqa: BLE001
+            import traceback
+
+            traceback.print_exc()
+            code = 97
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+
+
+def run_bounded(argv: list[str], log: Path, memory_bytes: int, timeout: float = 60.0) -> dict:
+    """`saekit ARGV` in a child whose address space may grow by at most memory_bytes over
+    the parent's (RLIMIT_AS). Returns exit code, stderr/stdout text, peak RSS growth, seconds."""
+    import resource
+
+    err_path, out_path = Path(f"{log}.err"), Path(f"{log}.out")
+    rss_before = _rss_bytes()
+    start = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            vm = _vm_bytes()
+            resource.setrlimit(resource.RLIMIT_AS, (vm + memory_bytes, vm + memory_bytes))
+            for fd_target, path in ((1, out_path), (2, err_path)):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(fd, fd_target)
+            sys.stdout = os.fdopen(1, "w", buffering=1)
+            sys.stderr = os.fdopen(2, "w", buffering=1)
+            code = saekit.cli.main.main(list(argv))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:  # noqa: BLE001
+            import traceback
+
+            traceback.print_exc()
+            code = 98
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(int(code or 0))
+    deadline = start + timeout
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            break
+        if time.perf_counter() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            _, status, usage = os.wait4(pid, 0)
+            break
+        time.sleep(0.005)
+    return {
+        "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1,
+        "stderr": err_path.read_text(errors="replace"),
+        "stdout": out_path.read_text(errors="replace"),
+        "rss_growth": max(0, usage.ru_maxrss * 1024 - rss_before),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _statm(field: int) -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[field]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss_bytes() -> int:
+    return _statm(1)
+
+
+def _vm_bytes() -> int:
+    return _statm(0)
