@@ -379,10 +379,10 @@ def read_run_file(run_dir: Path) -> dict[str, Any]:
     if not run_file.is_file():
         if (run_dir / "activations").is_dir():
             raise UsageError(
-                f"{run_dir}: no run.json: the run stopped while capturing activations, before "
+                f"--resume {run_dir}: no run.json: the run stopped while capturing activations, before "
                 "training began; re-run the same 'saekit train' command to continue"
             )
-        raise UsageError(f"{run_dir} is not a saekit run directory (no run.json)")
+        raise UsageError(f"--resume {run_dir}: not a saekit run directory (no run.json)")
     try:
         doc = json.loads(run_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
