@@ -91,6 +91,12 @@ class Handler(BaseHTTPRequestHandler):
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _method_not_allowed  # noqa: N815
 
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (FOO, PROPFIND...) is a 405 too, not http.server's 501.
+        if name.startswith("do_"):
+            return self._method_not_allowed
+        raise AttributeError(name)
+
     def _dispatch(self) -> None:
         try:
             host = self.headers.get("Host")
