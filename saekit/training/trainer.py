@@ -183,7 +183,7 @@ class Trainer:
             out = m.sae.training_forward(batch.x, ctx)
             loss = sum(out.losses.values())
             if not bool(torch.isfinite(loss.detach())):
-                self._diverged(m, f"its loss is {float(loss)}")
+                self._diverged(m, f"its loss is {float(loss.detach())}")
             m.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             m.sae.remove_parallel_decoder_grad()
