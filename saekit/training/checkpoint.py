@@ -126,6 +126,20 @@ def write_checkpoint(
     body = _canonical(skeleton)
     target = checkpoint_root / f"step-{step:09d}"
     remove_leftovers(checkpoint_root)
+    try:
+        _write(target, tensors, skeleton, body, step)
+    except SafetensorError as e:  # e.g. a full disk, reported by safetensors' own writer
+        raise CheckpointError(
+            f"could not write checkpoint {step} ({e}); the previous checkpoint is kept"
+        ) from None
+    atomic_write_text(checkpoint_root / LATEST, target.name + "\n")
+    others = sorted(p for p in checkpoint_root.glob("step-*") if p.is_dir() and p != target)
+    for p in others[: max(0, len(others) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+    return target
+
+
+def _write(target: Path, tensors: dict, skeleton: Any, body: bytes, step: int) -> None:
     with atomic_directory(target) as tmp:
         save_file(tensors, str(tmp / STATE_TENSORS))
         digest = hashlib.sha256((tmp / STATE_TENSORS).read_bytes()).hexdigest()
@@ -138,11 +152,6 @@ def write_checkpoint(
             "skeleton": skeleton,
         }
         (tmp / STATE_JSON).write_text(json.dumps(doc, separators=(",", ":")))
-    atomic_write_text(checkpoint_root / LATEST, target.name + "\n")
-    others = sorted(p for p in checkpoint_root.glob("step-*") if p.is_dir() and p != target)
-    for p in others[: max(0, len(others) - (keep - 1))]:
-        shutil.rmtree(p, ignore_errors=True)
-    return target
 
 
 def _complete(path: Path) -> bool:
