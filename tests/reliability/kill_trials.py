@@ -81,9 +81,15 @@ def kill_trials(work: Path, ref: Path, n: int, seed: int, duration: float) -> di
         stats["trials"] += 1
         for attempt in range(4):  # a run can be faster than the reference: kill sooner
             out = work / f"kill-{t}-{attempt}"
-            how, code, _ = forkrun.run(
-                train_args(out), log, kill_after=rng.uniform(0.02, 0.8 * duration)
-            )
+            if t % 10 == 0:  # just after run.json: before the first checkpoint, for sure
+                how, code, _ = forkrun.run(
+                    train_args(out), log, kill_after=rng.uniform(0.0, 0.003),
+                    after_file=out / "run.json",
+                )  # fmt: skip
+            else:
+                how, code, _ = forkrun.run(
+                    train_args(out), log, kill_after=rng.uniform(0.02, 0.8 * duration)
+                )
             if how == "killed":
                 break
             duration /= 2

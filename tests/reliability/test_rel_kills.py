@@ -37,13 +37,13 @@ def results(tmp_path_factory):
 
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(results):
     k = results["kill"]
-    assert k["failures"] == []
-    assert k["trials"] == TRIALS and k["bit_identical"] == TRIALS
-    assert k["kills"] >= TRIALS
+    assert k["failures"] == [], k
+    assert k["trials"] == TRIALS and k["bit_identical"] == TRIALS, k
+    assert k["kills"] >= TRIALS, k
     # Both paths were exercised: kills during resumes, and kills before the first checkpoint
     # (recovered by re-running the same command).
-    assert k["kills_during_resume"] >= 1
-    assert k["restarts_before_checkpoint"] >= 1
+    assert k["kills_during_resume"] >= 1, k
+    assert k["restarts_before_checkpoint"] >= 3, k
 
 
 @pytest.mark.parametrize(
