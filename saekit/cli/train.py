@@ -399,7 +399,7 @@ def read_run_file(run_dir: Path) -> dict[str, Any]:
         # The run's own activation cache, relative to the run directory (runs move).
         if not isinstance(rel, str):
             raise UsageError(f"{run_file}: 'train_data_in_run' must be a string")
-        settings["train_data"] = f"cache:{run_dir / rel}"
+        settings["train_data"] = f"cache:{run_dir.resolve() / rel}"
     return settings
 
 

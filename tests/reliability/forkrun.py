@@ -24,6 +24,8 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot  # noqa: E402, F401
 import torch  # noqa: E402, F401
+import torch._dynamo  # noqa: E402, F401 - imported by the first optimiser step: ~3 s per child
+
 
 import saekit.cli.main  # noqa: E402
 import saekit.cli.train  # noqa: E402, F401
