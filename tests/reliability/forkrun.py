@@ -26,7 +26,6 @@ import matplotlib.pyplot  # noqa: E402, F401
 import torch  # noqa: E402, F401
 import torch._dynamo  # noqa: E402, F401 - imported by the first optimiser step: ~3 s per child
 
-
 import saekit.cli.main  # noqa: E402
 import saekit.cli.train  # noqa: E402, F401
 import saekit.data.synthetic  # noqa: E402, F401
