@@ -265,15 +265,16 @@ class BrowserServer(ThreadingHTTPServer):
 
 def _allowed_hosts(bound: str) -> set[str] | None:
     """Host header values accepted for a server bound to `bound` (None: any)."""
+    loopback = {"localhost", "127.0.0.1", "[::1]"}
     try:
         ip = ipaddress.ip_address(bound)
     except ValueError:
-        return {bound.lower()}
+        return {bound.lower()} | (loopback if bound.lower() == "localhost" else set())
     if ip.is_unspecified:
         return None
     names = {str(ip), f"[{ip}]"}
     if ip.is_loopback:
-        names |= {"localhost", "127.0.0.1", "[::1]"}
+        names |= loopback
     return names
 
 
