@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from pathlib import Path
+
+from saekit.cli.common import float_in, nonneg_int, path_arg, positive_int, thread_count
 
 
 def add_parser(sub) -> None:
@@ -18,20 +19,22 @@ def add_parser(sub) -> None:
         "adaptive.json (every point), adaptive.md (the table) and adaptive.png (FVU vs L0) "
         "into --out and prints the table.",
     )
-    p.add_argument("sae_dirs", type=Path, nargs="+", metavar="SAE_DIR")
+    p.add_argument("sae_dirs", type=path_arg, nargs="+", metavar="SAE_DIR")
     p.add_argument("--data", help="held-out data spec (default: the first SAE's training spec, "
                    "eval split)")  # fmt: skip
-    p.add_argument("--tokens", type=int, default=8192, help="held-out tokens (default 8192)")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument("--max-factor", type=float, default=4.0,
+    p.add_argument(
+        "--tokens", type=positive_int, default=8192, help="held-out tokens (default 8192)"
+    )
+    p.add_argument("--out", type=path_arg, required=True, help="output directory")
+    p.add_argument("--max-factor", type=float_in(1.0, 1024.0), default=4.0,
                    help="largest budget as a multiple of the training one (default 4)")  # fmt: skip
-    p.add_argument("--relative-threshold", type=float,
+    p.add_argument("--relative-threshold", type=float_in(0.0, 1.0, open_lo=True),
                    help="MP stop ‖r‖²/‖x − b_pre‖² < τ (default: the SAE's, else the median "
                    "at the training T on these tokens)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=1024)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--title", default="", help="plot title")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=thread_count)
 
 
 def read_tokens(spec: str, n: int, batch_size: int, seed: int):

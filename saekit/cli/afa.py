@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from saekit.cli.common import nonneg_int, path_arg, positive_int, thread_count
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -14,14 +16,16 @@ def add_parser(sub) -> None:
         "‖b_dec‖ as one extra atom) with the input norm on held-out tokens; write zf.png and "
         "afa.json into --out/<sae name> (default: the SAE directory) and print a summary.",
     )
-    p.add_argument("sae_dirs", type=Path, nargs="+")
+    p.add_argument("sae_dirs", type=path_arg, nargs="+")
     p.add_argument("--data", help="data spec (default: the one recorded in the SAE's cfg.json)")
-    p.add_argument("--tokens", type=int, default=8192, help="held-out tokens (default 8192)")
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--tokens", type=positive_int, default=8192, help="held-out tokens (default 8192)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=1024)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--mode", help="encode mode passed to the SAE (e.g. topk for g-SAE)")
-    p.add_argument("--out", type=Path, help="output directory (default: each SAE directory)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--out", type=path_arg, help="output directory (default: each SAE directory)")
+    p.add_argument("--threads", type=thread_count)
 
 
 def run(args) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-from pathlib import Path
+
+from saekit.cli.common import context_length, path_arg, port_number, positive_int, thread_count
 
 
 def add_parser(sub) -> None:
@@ -15,16 +16,18 @@ def add_parser(sub) -> None:
         "(or --build) precomputes every latent's page from a corpus sample into DATA_DIR "
         "(default <sae_dir>/browser); serving then needs no recomputation.",
     )
-    p.add_argument("sae_dir", type=Path)
+    p.add_argument("sae_dir", type=path_arg)
     p.add_argument("--build", action="store_true", help="(re)build the data directory first")
     p.add_argument("--no-serve", action="store_true", help="build only, do not start the server")
     p.add_argument(
-        "--data-dir", type=Path, help="browser data directory (default <sae_dir>/browser)"
+        "--data-dir", type=path_arg, help="browser data directory (default <sae_dir>/browser)"
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, local only)"
     )
-    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
+    p.add_argument(
+        "--port", type=port_number, default=8765, help="port (default 8765; 0 = any free port)"
+    )
     p.add_argument("--model", help="model name or path (default: the one the SAE was trained on)")
     p.add_argument("--hookpoint", help="hookpoint (default: the SAE's)")
     p.add_argument(
@@ -38,9 +41,13 @@ def add_parser(sub) -> None:
         choices=["heldout", "train", "all"],
         help="corpus split to sample (default: held-out documents)",
     )
-    p.add_argument("--contexts", type=int, default=256, help="contexts to encode (default 256)")
-    p.add_argument("--ctx-len", type=int, default=64, help="tokens per context (default 64)")
-    p.add_argument("--threads", type=int)
+    p.add_argument(
+        "--contexts", type=positive_int, default=256, help="contexts to encode (default 256)"
+    )
+    p.add_argument(
+        "--ctx-len", type=context_length, default=64, help="tokens per context (default 64)"
+    )
+    p.add_argument("--threads", type=thread_count)
     p.add_argument("--verbose", action="store_true", help="log every request")
 
 

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
+
+from saekit.cli.common import (
+    context_length,
+    nonneg_int,
+    path_arg,
+    positive_float,
+    positive_int,
+    thread_count,
+)
 
 
 def add_parser(sub) -> None:
@@ -30,7 +38,7 @@ def add_parser(sub) -> None:
         "as x, its output as target, from one forward); default: the middle decoder layer",
     )
     p.add_argument("--tokens", type=int, required=True, help="training tokens per hookpoint")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--out", type=path_arg, required=True, help="output directory")
     p.add_argument(
         "--corpus",
         default="default",
@@ -38,17 +46,21 @@ def add_parser(sub) -> None:
         "directory, or hf:NAME[:CONFIG]",
     )
     p.add_argument("--text-field", default="text", help="text field of .jsonl/.parquet/hf rows")
-    p.add_argument("--eval-tokens", type=int, help="held-out tokens (default tokens/20; 0: none)")
+    p.add_argument(
+        "--eval-tokens", type=nonneg_int, help="held-out tokens (default tokens/20; 0: none)"
+    )
     p.add_argument(
         "--dtype",
         choices=["fp16", "bf16", "fp32"],
         default="fp32",
         help="storage precision (default fp32)",
     )
-    p.add_argument("--shard-tokens", type=int, default=32_768, help="tokens per shard file")
-    p.add_argument("--ctx-len", type=int, default=128, help="tokens per context")
-    p.add_argument("--batch-size", type=int, default=8, help="contexts per forward pass")
-    p.add_argument("--seed", type=int, default=0, help="document order")
+    p.add_argument(
+        "--shard-tokens", type=positive_int, default=32_768, help="tokens per shard file"
+    )
+    p.add_argument("--ctx-len", type=context_length, default=128, help="tokens per context")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="contexts per forward pass")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="document order")
     p.add_argument(
         "--which",
         choices=["output", "input"],
@@ -57,7 +69,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--max-norm-factor",
-        type=float,
+        type=positive_float,
         help="also drop tokens with norm > factor x the batch median norm",
     )
     p.add_argument(
@@ -67,7 +79,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--threads", type=int, help="torch threads (default: 1 on a busy machine)")
+    p.add_argument(
+        "--threads", type=thread_count, help="torch threads (default: 1 on a busy machine)"
+    )
 
 
 def _check_args(args) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 
@@ -75,3 +77,171 @@ def parse_options(items: list[str]) -> dict[str, list[Any]]:
         parts = [value] if value.startswith("[") else value.split(",")
         out[key.strip().replace("-", "_")] = [parse_value(v) for v in parts]
     return out
+
+
+# ---- argparse value types: bad values fail at parse time, before any work -----------------
+# argparse turns the ArgumentTypeError message into "argument --flag: MESSAGE" (exit code 2).
+
+
+def _number(text: str, conv: type) -> Any:
+    # A ValueError makes argparse say "invalid int value: 'abc'", as for type=int.
+    value = conv(text)
+    if conv is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def int_in(lo: int | None = None, hi: int | None = None):
+    """An argparse type: an integer in [lo, hi] (None = unbounded)."""
+
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(_range_message(value, lo, hi))
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def float_in(lo: float | None = None, hi: float | None = None, open_lo: bool = False):
+    """An argparse type: a finite number in [lo, hi] ((lo, hi] with open_lo)."""
+
+    def parse(text: str) -> float:
+        value = _number(text, float)
+        if (lo is not None and (value < lo or (open_lo and value == lo))) or (
+            hi is not None and value > hi
+        ):
+            raise argparse.ArgumentTypeError(_range_message(value, lo, hi, open_lo))
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+def _range_message(value: Any, lo: Any, hi: Any, open_lo: bool = False) -> str:
+    if hi is None:
+        return f"must be {'>' if open_lo else '>='} {lo}, got {value}"
+    if lo is None:
+        return f"must be <= {hi}, got {value}"
+    return f"must be in {'(' if open_lo else '['}{lo}, {hi}], got {value}"
+
+
+positive_int = int_in(1)
+nonneg_int = int_in(0)
+positive_float = float_in(0.0, open_lo=True)
+port_number = int_in(0, 65535)
+thread_count = int_in(1, 4096)
+
+
+def text_arg(text: str) -> str:
+    """Any argument that becomes a file name or is written to a file must be valid UTF-8
+    (undecodable argv bytes arrive as lone surrogates and fail only when written)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"{text.encode('utf-8', 'replace')!r} is not valid UTF-8"
+        ) from None
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def path_arg(text: str) -> Path:
+    return Path(text_arg(text))
+
+
+def check_output_dir(path: Path, flag: str = "--out") -> None:
+    """Fail now, not after the work, when `path` cannot become a directory we write into."""
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{flag} {path}: {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UsageError(f"{flag} {path}: {parent} is not writable")
+            return
+
+
+def check_output_file(path: Path, flag: str = "--out") -> None:
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a directory, expected a file name")
+    check_output_dir(path.parent, flag)
+
+
+context_length = int_in(2, 1 << 20)
+
+
+def check_cache_manifest(cache_dir: Path) -> None:
+    """An activation cache's manifest.json checked by schema before anything reads it, so an
+    edited manifest gives one line naming the field (not a KeyError deep in the reader)."""
+    import json
+
+    path = cache_dir / "manifest.json"
+    if not path.is_file():
+        return  # the reader says "no manifest" itself
+    try:
+        if path.stat().st_size > 64 * 2**20:
+            raise UsageError(f"{path}: larger than 64 MiB; not a cache manifest")
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: nested too deeply") from None
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise UsageError(f"{path}: {what}")
+
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    need(isinstance(m, dict), "expected a JSON object")
+    version = m.get("format_version")
+    need(count(version), f"format_version must be an integer, got {version!r}")
+    hookpoints = m.get("hookpoints")
+    need(isinstance(hookpoints, dict) and bool(hookpoints), "hookpoints must be a non-empty object")
+    for h, entry in hookpoints.items():
+        where = f"hookpoints[{h!r}]"
+        need(isinstance(entry, dict), f"{where} must be an object")
+        arrays, splits = entry.get("arrays"), entry.get("splits")
+        need(isinstance(arrays, dict) and "x" in arrays, f"{where}.arrays must describe 'x'")
+        for name, spec in arrays.items():
+            need(
+                isinstance(spec, dict)
+                and spec.get("dtype") in ("float16", "bfloat16", "float32", "int32", "int64")
+                and isinstance(spec.get("shape"), list)
+                and all(count(d) and d <= 2**24 for d in spec["shape"]),
+                f"{where}.arrays[{name!r}] must have a known dtype and a small shape",
+            )
+        need(isinstance(splits, dict), f"{where}.splits must be an object")
+        for split, s in splits.items():
+            need(
+                isinstance(s, dict)
+                and count(s.get("n_tokens"))
+                and isinstance(s.get("shards"), list),
+                f"{where}.splits[{split!r}] needs n_tokens and a list of shards",
+            )
+            for shard in s["shards"]:
+                ok = isinstance(shard, dict) and isinstance(shard.get("file"), str)
+                rel = Path(shard["file"]) if ok else Path("/")
+                need(
+                    ok
+                    and not rel.is_absolute()
+                    and ".." not in rel.parts
+                    and count(shard.get("n_tokens"))
+                    and count(shard.get("bytes"))
+                    and isinstance(shard.get("sha256"), str),
+                    f"{where}.splits[{split!r}] has a malformed shard entry "
+                    "(file inside the cache, n_tokens, bytes, sha256)",
+                )
+
+
+def check_data_spec(spec: str) -> None:
+    """Validate what a data spec points at, where that is a file we can check cheaply."""
+    kind, _, rest = spec.partition(":")
+    if kind == "cache" and rest:
+        path, at, _ = rest.rpartition("@")
+        if not at or Path(rest).is_dir():
+            path = rest
+        check_cache_manifest(Path(path))

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from saekit.cli.common import context_length, nonneg_int, path_arg, positive_int, thread_count
+
 GROUP_HELP = (
     "comma-separated metric groups: core, synthetic, spliced, adaptive, probing, afa, interp, "
     "or 'all' (default: core,synthetic,spliced,adaptive; groups that do not apply are skipped "
@@ -21,17 +23,20 @@ def add_parser(sub) -> None:
         "into each SAE directory as eval.json (or all into --out), then print a side-by-side "
         "table. Model-based groups load the SAE's model once for all SAEs.",
     )
-    p.add_argument("sae_dirs", type=Path, nargs="+")
+    p.add_argument("sae_dirs", type=path_arg, nargs="+")
     p.add_argument("-g", "--groups", default=None, help=GROUP_HELP)
     p.add_argument(
         "--data",
         help="data spec for the core group (default: the SAE's training spec, held-out split)",
     )
     p.add_argument(
-        "--tokens", type=int, default=16384, help="held-out tokens for core (default 16384)"
+        "--tokens",
+        type=positive_int,
+        default=16384,
+        help="held-out tokens for core (default 16384)",
     )
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=1024)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument(
         "--corpus",
         default="default",
@@ -39,9 +44,11 @@ def add_parser(sub) -> None:
         "(sae-probes text), a .txt/.jsonl/.parquet path, or hf:NAME",
     )
     p.add_argument(
-        "--contexts", type=int, default=16, help="contexts for spliced CE/KL (default 16)"
+        "--contexts", type=positive_int, default=16, help="contexts for spliced CE/KL (default 16)"
     )
-    p.add_argument("--ctx-len", type=int, default=128, help="tokens per context (default 128)")
+    p.add_argument(
+        "--ctx-len", type=context_length, default=128, help="tokens per context (default 128)"
+    )
     p.add_argument(
         "--probe-datasets",
         default="default",
@@ -51,14 +58,16 @@ def add_parser(sub) -> None:
     p.add_argument("--probe-ks", default="1,2,4,8,16,32,64", help="k values (default 1,2,...,64)")
     p.add_argument(
         "--probe-test",
-        type=int,
+        type=positive_int,
         default=1024,
         help="max test prompts per task (sae-probes uses 5000; default 1024)",
     )
-    p.add_argument("--interp-contexts", type=int, default=64)
-    p.add_argument("--interp-latents", type=int, default=64, help="latents sampled for proxies")
-    p.add_argument("--out", type=Path, help="write all results into this JSON file instead")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--interp-contexts", type=positive_int, default=64)
+    p.add_argument(
+        "--interp-latents", type=positive_int, default=64, help="latents sampled for proxies"
+    )
+    p.add_argument("--out", type=path_arg, help="write all results into this JSON file instead")
+    p.add_argument("--threads", type=thread_count)
 
 
 def parse_groups(text: str | None) -> tuple[str, ...]:
@@ -98,7 +107,7 @@ def probe_settings(args):
 
 
 def run(args) -> int:
-    from saekit.cli.common import UsageError, set_threads
+    from saekit.cli.common import UsageError, check_data_spec, set_threads
     from saekit.data import open_stream
     from saekit.evaluation.comparison import table
     from saekit.evaluation.evaluate import EvalSettings, evaluate_sae, model_source
@@ -127,6 +136,7 @@ def run(args) -> int:
         if "core" in groups or "synthetic" in groups:
             if spec is None:
                 raise UsageError(f"{sae_dir}: no data spec recorded; pass --data")
+            check_data_spec(spec)
             stream = open_stream(spec, batch_size=args.batch_size, seed=args.seed, split="eval")
             if stream.d_in != sae.d_in:
                 raise UsageError(

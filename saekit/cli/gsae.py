@@ -11,6 +11,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from saekit.cli.common import (
+    context_length,
+    nonneg_int,
+    path_arg,
+    positive_float,
+    positive_int,
+    thread_count,
+)
+
 COLUMNS = [
     ("k", "k", "{}"),
     ("beta", "β", "{}"),
@@ -33,20 +42,22 @@ def add_parser(sub) -> None:
         help="compare g-SAE and TopK SAEs in the model loop (CE/KL, FVU, dead, steering)",
         description=__doc__,
     )
-    p.add_argument("sae_dirs", type=Path, nargs="+")
+    p.add_argument("sae_dirs", type=path_arg, nargs="+")
     p.add_argument("--model", help="model name (default: the one recorded in the SAE)")
     p.add_argument("--hookpoint", help="hookpoint (default: the one recorded in the SAE)")
     p.add_argument("--corpus", default="default")
-    p.add_argument("--contexts", type=int, default=16, help="held-out contexts for CE/KL/FVU")
-    p.add_argument("--ctx-len", type=int, default=128)
     p.add_argument(
-        "--steer-latents", type=int, default=24, help="latents sampled per SAE (0: skip)"
+        "--contexts", type=positive_int, default=16, help="held-out contexts for CE/KL/FVU"
     )
-    p.add_argument("--steer-contexts", type=int, default=12)
-    p.add_argument("--kappa", type=float, default=0.5, help="steering α = κ·median‖x‖")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--ctx-len", type=context_length, default=128)
+    p.add_argument(
+        "--steer-latents", type=nonneg_int, default=24, help="latents sampled per SAE (0: skip)"
+    )
+    p.add_argument("--steer-contexts", type=positive_int, default=12)
+    p.add_argument("--kappa", type=positive_float, default=0.5, help="steering α = κ·median‖x‖")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--out", type=path_arg, required=True)
+    p.add_argument("--threads", type=thread_count)
 
 
 def _recorded(sae: Any, key: str) -> str | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+from saekit.cli.common import thread_count
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -22,7 +24,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--filter", metavar="REGEX", help="only paths matching this regex")
     p.add_argument("--json", action="store_true", help="print a JSON list of [path, width]")
-    p.add_argument("--threads", type=int, help="torch threads (default: 1 on a busy machine)")
+    p.add_argument(
+        "--threads", type=thread_count, help="torch threads (default: 1 on a busy machine)"
+    )
 
 
 def run(args) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from saekit.cli.common import path_arg
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -12,7 +14,7 @@ def add_parser(sub) -> None:
         help="describe a saved SAE (architecture, shapes, provenance)",
         description="Print an SAE directory's architecture, shapes, options and provenance.",
     )
-    p.add_argument("sae_dir", type=Path)
+    p.add_argument("sae_dir", type=path_arg)
     p.add_argument("--json", action="store_true", help="print cfg.json as JSON")
 
 
@@ -40,9 +42,15 @@ def run(args) -> int:
         print(f"  normalisation {json.dumps(meta['normalisation'])} (folded into the weights)")
     eval_file = Path(args.sae_dir) / "eval.json"
     if eval_file.is_file():
-        core = json.loads(eval_file.read_text()).get("core", {})
+        from saekit.cli.report import read_eval_json
+
+        core = read_eval_json(eval_file).get("core", {})
         print(
             "  eval          "
-            + "  ".join(f"{k}={core[k]:.4g}" for k in ("fvu", "l0", "frac_dead") if k in core)
+            + "  ".join(
+                f"{k}={core[k]:.4g}"
+                for k in ("fvu", "l0", "frac_dead")
+                if isinstance(core.get(k), int | float)
+            )
         )
     return 0

@@ -12,7 +12,25 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from saekit.cli.common import UsageError, parse_options, set_threads
+from saekit.cli.common import (
+    UsageError,
+    check_data_spec,
+    check_output_dir,
+    int_in,
+    nonneg_int,
+    parse_options,
+    path_arg,
+    positive_float,
+    positive_int,
+    set_threads,
+    text_arg,
+    thread_count,
+)
+
+# Far beyond any SAE trained today (2^16 = 65,536 latents per d_in... 2^26 in all), and a
+# clear line instead of an allocation that swaps or dies.
+MAX_LATENTS = 2**26
+MAX_SEED = 2**63 - 1
 
 DEFAULTS: dict[str, Any] = {
     # The main job: the offline default model (SmolLM2-135M), its middle layer's output.
@@ -47,51 +65,68 @@ def add_parser(sub) -> None:
             "Comma-separated values sweep: '-a topk,batchtopk --k 16,32' trains four SAEs."
         ),
     )
-    p.add_argument("--config", type=Path, help="JSON or TOML file with any of these options")
+    p.add_argument("--config", type=path_arg, help="JSON or TOML file with any of these options")
     p.add_argument(
         "--data",
+        type=text_arg,
         help="synthetic:<recipe>[:k=v,...] | model:<name>[@hookpoint] | cache:<dir> "
         "| model:<name>@SOURCE->TARGET for transcoders, e.g. "
         f"model:default@model.layers.6.mlp:in->out (default {DEFAULTS['data']})",
     )
     p.add_argument(
-        "-a", "--architecture", help="architecture name(s), comma-separated (default topk)"
+        "-a",
+        "--architecture",
+        type=text_arg,
+        help="architecture name(s), comma-separated (default topk)",
     )
-    p.add_argument("--n-latents", type=int, help="dictionary size (default 8 x d_in)")
     p.add_argument(
-        "--k", help="k for TopK-family architectures (default 32); comma-separated to sweep"
+        "--n-latents", type=int_in(1, MAX_LATENTS), help="dictionary size (default 8 x d_in)"
+    )
+    p.add_argument(
+        "--k",
+        type=text_arg,
+        help="k for TopK-family architectures (default 32); comma-separated to sweep",
     )
     p.add_argument(
         "-o",
         "--option",
         action="append",
         metavar="KEY=VALUE[,VALUE]",
+        type=text_arg,
         help="architecture option (e.g. l1_coeff=5, target_l0=32, or matryoshka.k=24 for one "
         "architecture only); repeat; comma lists sweep",
     )
     p.add_argument(
         "--cache-tokens",
-        type=int,
+        type=nonneg_int,
         help="model data: tokens captured to a cache in "
         "the run dir before training (default 150000; 0 = stream from the model)",
     )
-    p.add_argument("--steps", type=int, help="optimiser steps (default 1500)")
-    p.add_argument("--batch-size", type=int, help="tokens per step (default 1024)")
-    p.add_argument("--lr", type=float, help="learning rate (default 2e-4/sqrt(n_latents/2^14))")
-    p.add_argument("--seed", type=int, help="seed for data, initialisation and sampling")
-    p.add_argument("--out", help="run directory (default runs/latest)")
-    p.add_argument("--eval-tokens", type=int, help="held-out tokens for the final evaluation")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0 = end only)")
+    p.add_argument("--steps", type=positive_int, help="optimiser steps (default 1500)")
+    p.add_argument("--batch-size", type=positive_int, help="tokens per step (default 1024)")
+    p.add_argument(
+        "--lr", type=positive_float, help="learning rate (default 2e-4/sqrt(n_latents/2^14))"
+    )
+    p.add_argument(
+        "--seed", type=int_in(0, MAX_SEED), help="seed for data, initialisation and sampling"
+    )
+    p.add_argument("--out", type=text_arg, help="run directory (default runs/latest)")
+    p.add_argument(
+        "--eval-tokens", type=positive_int, help="held-out tokens for the final evaluation"
+    )
+    p.add_argument(
+        "--checkpoint-every", type=nonneg_int, help="steps between checkpoints (0 = end only)"
+    )
     p.add_argument(
         "--dead-window-tokens",
-        type=int,
+        type=positive_int,
         help="tokens without firing before a latent counts as dead",
     )
     p.add_argument(
-        "--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run exactly"
+        "--resume", type=path_arg, metavar="RUN_DIR", help="continue an interrupted run exactly"
     )
     p.add_argument(
-        "--threads", type=int, help="torch threads (default: all cores when idle, else 1)"
+        "--threads", type=thread_count, help="torch threads (default: all cores when idle, else 1)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -132,11 +167,17 @@ def add_parser(sub) -> None:
 def load_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist")
-    text = path.read_text()
+    if path.stat().st_size > 2**20:
+        raise UsageError(f"config file {path}: larger than 1 MiB")
     try:
+        text = path.read_text(encoding="utf-8")
         cfg = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"config file {path}: {e}") from None
+    except RecursionError:
+        raise UsageError(f"config file {path}: nested too deeply") from None
+    if not isinstance(cfg, dict):
+        raise UsageError(f"config file {path}: expected a table of options")
     unknown = sorted(set(cfg) - set(DEFAULTS))
     if unknown:
         raise UsageError(f"config file {path}: unknown keys {unknown}; valid: {sorted(DEFAULTS)}")
@@ -154,7 +195,98 @@ def resolve(args) -> dict[str, Any]:
             settings[key] = value
     if isinstance(settings["option"], dict):
         settings["option"] = [f"{k}={v}" for k, v in settings["option"].items()]
+    check_settings(settings, where=f"config file {args.config}" if args.config else "")
     return settings
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# key -> (check, what it must be); a config file's values pass the same checks as flags.
+_SETTING_CHECKS: dict[str, tuple[Any, str]] = {
+    "data": (lambda v: isinstance(v, str) and v != "", "a data spec string"),
+    "cache_tokens": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "architecture": (lambda v: isinstance(v, str) and v.strip(",") != "", "architecture names"),
+    "n_latents": (
+        lambda v: v is None or (_is_int(v) and 1 <= v <= MAX_LATENTS),
+        f"an integer in [1, {MAX_LATENTS}]",
+    ),
+    "k": (
+        lambda v: (
+            v is None
+            or (_is_int(v) and v >= 1)
+            or (
+                isinstance(v, str)
+                and all(p.strip().isdigit() and int(p) >= 1 for p in v.split(","))
+            )
+        ),
+        "a positive integer or a comma-separated list of them",
+    ),
+    "steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "lr": (
+        lambda v: (
+            v is None
+            or (isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < float("inf"))
+        ),
+        "a positive finite number",
+    ),
+    "seed": (lambda v: _is_int(v) and 0 <= v <= MAX_SEED, "an integer >= 0"),
+    "out": (lambda v: isinstance(v, str) and v != "", "a directory name"),
+    "eval_tokens": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "checkpoint_every": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = at the end)"),
+    "dead_window_tokens": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "option": (
+        lambda v: isinstance(v, list) and all(isinstance(o, str) for o in v),
+        "a list of KEY=VALUE strings or a table",
+    ),
+}
+
+
+def check_settings(settings: dict[str, Any], where: str = "") -> None:
+    """Every setting by type and range, before any work starts."""
+    for key, (ok, what) in _SETTING_CHECKS.items():
+        value = settings.get(key)
+        if not ok(value):
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{where + ': ' if where else ''}{flag} must be {what}, got {value!r}")
+        if isinstance(value, str):
+            text_arg_or_fail(value, key)
+
+
+def text_arg_or_fail(value: str, key: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"--{key.replace('_', '-')} is not valid UTF-8") from None
+
+
+def absolute_data_spec(spec: str) -> str:
+    """cache:DIR with DIR made absolute, so a run resumes from any working directory."""
+    kind, colon, rest = spec.partition(":")
+    if kind != "cache" or not rest:
+        return spec
+    path, at, hookpoint = rest.rpartition("@")
+    if not at or Path(rest).is_dir():
+        path, at, hookpoint = rest, "", ""
+    return f"cache:{Path(path).resolve()}{at}{hookpoint}"
+
+
+def check_memory(runs: dict[str, tuple[str, dict[str, Any]]], d_in: int) -> None:
+    """Refuse a sweep whose weights and optimiser state cannot fit in this machine's memory
+    (W_enc, W_dec, their gradients and two Adam moments: ~6 x n_latents x d_in floats each)."""
+    need = sum(6 * 4 * int(cfg["n_latents"]) * d_in for _, cfg in runs.values())
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        n = max(int(cfg["n_latents"]) for _, cfg in runs.values())
+        raise UsageError(
+            f"n_latents={n} x d_in={d_in} needs ~{need / 2**30:.1f} GiB to train "
+            f"{len(runs)} SAE(s); this machine has {have / 2**30:.1f} GiB (lower --n-latents)"
+        )
 
 
 def sweep(
@@ -163,6 +295,7 @@ def sweep(
     """name -> (architecture, config fields) for every point of the sweep. With ``d_out``
     (paired data: the stream carries a target) every SAE is built with transcode=True and
     that d_out."""
+    from saekit.formats.native import check_config_values
     from saekit.sae import architectures, get_architecture
 
     archs = [a.strip() for a in str(settings["architecture"]).split(",") if a.strip()]
@@ -171,9 +304,10 @@ def sweep(
     options = parse_options(list(settings["option"]))
     valid = {a: {f.name for f in fields(get_architecture(a).Config)} for a in archs}
     # The default k only concerns architectures that have one: `-a jumprelu` (or a JumpReLU
-    # transcoder, -o transcode=true) must not fail on it.
+    # transcoder, -o transcode=true) must not fail on it; an explicit -o k=... wins.
     has_k = any("k" in v for v in valid.values())
-    if settings["k"] is not None and (has_k or settings["k"] != DEFAULTS["k"]):
+    explicit = settings["k"] != DEFAULTS["k"]
+    if settings["k"] is not None and "k" not in options and (has_k or explicit):
         options["k"] = [int(v) for v in str(settings["k"]).split(",")]
     n_latents = int(settings["n_latents"] or 8 * d_in)
     for key in options:
@@ -197,6 +331,10 @@ def sweep(
         mine |= {k.split(".", 1)[1]: v for k, v in options.items() if k.startswith(arch + ".")}
         for combo in itertools.product(*mine.values()):
             chosen = dict(zip(mine, combo))
+            try:
+                check_config_values(get_architecture(arch).Config, chosen)
+            except ValueError as e:
+                raise UsageError(f"-o for {arch}: {e}") from None
             label = "-".join([arch, *(f"{k}{v}" for k, v in chosen.items() if len(mine[k]) > 1)])
             runs[label] = (
                 arch,
@@ -281,7 +419,7 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
             and (has_grad or not with_grad)
         ):
             print(f"reusing the activation cache in {cache_dir}")
-            return f"cache:{cache_dir}@{hp}"
+            return f"cache:{cache_dir.resolve()}@{hp}"
     print(f"loading model {name!r} ...")
     model, tokenizer = load_model_cached(name)
     hookpoint = hookpoint or default_hookpoint(model)
@@ -306,7 +444,53 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
         overwrite=True,
         progress=True,
     )
-    return f"cache:{cache_dir}@{','.join(hookpoints)}"
+    return f"cache:{cache_dir.resolve()}@{','.join(hookpoints)}"
+
+
+def _in_run(spec: str, out: Path) -> str | None:
+    """The cache path of `spec` relative to the run directory when it lies inside it."""
+    if not spec.startswith("cache:"):
+        return None
+    path, at, hookpoint = spec[len("cache:") :].rpartition("@")
+    if not at:
+        path, hookpoint = spec[len("cache:") :], ""
+    try:
+        rel = Path(path).resolve().relative_to(out.resolve())
+    except ValueError:
+        return None
+    return f"{rel}@{hookpoint}" if hookpoint else str(rel)
+
+
+def read_run_file(run_dir: Path) -> dict[str, Any]:
+    """run.json's settings, checked like a config file."""
+    if not run_dir.is_dir():
+        raise UsageError(f"--resume {run_dir}: not a directory")
+    run_file = run_dir / "run.json"
+    if not run_file.is_file():
+        if (run_dir / "activations").is_dir():
+            raise UsageError(
+                f"--resume {run_dir}: no run.json: the run stopped while capturing activations, before "
+                "training began; re-run the same 'saekit train' command to continue"
+            )
+        raise UsageError(f"--resume {run_dir}: not a saekit run directory (no run.json)")
+    try:
+        doc = json.loads(run_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise UsageError(f"{run_file}: not valid JSON ({e})") from None
+    settings = doc.get("settings") if isinstance(doc, dict) else None
+    if not isinstance(settings, dict):
+        raise UsageError(f"{run_file}: no 'settings' object")
+    settings = {**DEFAULTS, **settings}
+    check_settings(settings, where=str(run_file))
+    if not isinstance(settings.get("train_data"), str):
+        raise UsageError(f"{run_file}: 'train_data' must be a data spec string")
+    rel = settings.get("train_data_in_run")
+    if rel is not None:
+        # The run's own activation cache, relative to the run directory (runs move).
+        if not isinstance(rel, str):
+            raise UsageError(f"{run_file}: 'train_data_in_run' must be a string")
+        settings["train_data"] = f"cache:{run_dir.resolve() / rel}"
+    return settings
 
 
 def run(args) -> int:
@@ -384,20 +568,23 @@ def _run(args, group) -> int:
     from saekit.training.trainer import TrainConfig, Trainer
 
     main = group is None or group.is_main
-    threads = set_threads(args.threads)
     if args.resume:
-        run_file = args.resume / "run.json"
-        if not run_file.is_file():
-            raise UsageError(f"{args.resume} is not a saekit run directory (no run.json)")
-        settings = json.loads(run_file.read_text())["settings"]
+        settings = read_run_file(args.resume)
         out = args.resume
+        check_output_dir(out, "--resume")
     else:
         settings = resolve(args)
         out = Path(settings["out"])
+        check_output_dir(out)
+        settings["data"] = absolute_data_spec(str(settings["data"]))
+        # Architecture names and options fail now, before a capture of many minutes.
+        sweep(settings, 1)
+    threads = set_threads(args.threads)
     log_sinks = parse_sinks(settings.get("log"))  # a missing package fails before any work
     if not args.resume:
         if main:  # one capture; the other ranks wait for it
             settings["train_data"] = prepare_data(settings, out)
+            settings["train_data_in_run"] = _in_run(settings["train_data"], out)
         if group is not None:
             settings = group.broadcast_object(settings if main else None)
     batch_size = int(settings["batch_size"])
@@ -407,6 +594,7 @@ def _run(args, group) -> int:
         hookpoint, share = own_hookpoint(source_spec, hookpoints, group)
         stream = open_stream(f"{source_spec}@{hookpoint}", batch_size, seed=int(settings["seed"]))
     elif modules:  # one reader, batches broadcast to every rank
+        check_data_spec(settings["train_data"])
         source = (
             open_stream(settings["train_data"], batch_size, seed=int(settings["seed"]))
             if main
@@ -415,6 +603,7 @@ def _run(args, group) -> int:
         d_in = group.broadcast_object(source.d_in if main else None)
         stream = BroadcastStream(source, group, d_in, batch_size)
     else:
+        check_data_spec(settings["train_data"])
         stream = open_stream(settings["train_data"], batch_size, seed=int(settings["seed"]))
         if group is not None:
             stream = split_stream(stream, group)
@@ -434,6 +623,7 @@ def _run(args, group) -> int:
         # Paired data (model:NAME@SOURCE->TARGET) carry a target: every SAE is a transcoder.
         pair = stream.describe().get("pair")  # passed on by the distributed wrappers too
         runs = all_runs = sweep(settings, stream.d_in, pair["d_out"] if pair else None)
+        check_memory(runs, stream.d_in)
         if hookpoints:  # this rank's share of the sweep, named by its hookpoint
             mine = list(runs)[share[0] :: share[1]]
             runs = {f"{name}-{hookpoint}": runs[name] for name in mine}
@@ -458,10 +648,20 @@ def _run(args, group) -> int:
         )
         out.mkdir(parents=True, exist_ok=True)
         if main:
+            # A new run in this directory: checkpoints of an earlier run there are not
+            # resumable with the new run.json, and a fallback must never pick one up.
+            if (out / "checkpoints").is_dir():
+                import shutil
+
+                shutil.rmtree(out / "checkpoints")
+            from saekit.formats.atomic import atomic_write_text
+
             record: dict[str, Any] = {"settings": settings, "saes": all_runs}
             if pair:
                 record["pair"] = pair  # source and target of the transcoders
-            (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+            atomic_write_text(out / "run.json", json.dumps(record, indent=2) + "\n")
+        if group is not None:
+            group.barrier()  # rank directories are cleared before any rank writes
         info = {"data_spec": settings["train_data"]}
         trainer = Trainer(saes, stream, cfg, run_dir, run_info=info, group=group)
         per_step = stream.batch_size * (group.world_size if group and not modules else 1)
@@ -474,9 +674,16 @@ def _run(args, group) -> int:
     try:
         trainer.fit()
     except KeyboardInterrupt:
-        print(
-            f"\ninterrupted at step {trainer.step}; checkpoint written. Resume with: saekit train --resume {out}"
-        )
+        from saekit.training.checkpoint import latest_checkpoint
+
+        if latest_checkpoint(out / "checkpoints") is None:
+            print(
+                "\ninterrupted before the first checkpoint; run the same command again to start over"
+            )
+        else:
+            print(
+                f"\ninterrupted at step {trainer.step}; checkpoint written. Resume with: saekit train --resume {out}"
+            )
         return 130
     if group is not None:
         group.barrier()  # every rank's SAEs are on disk

@@ -29,7 +29,7 @@ import bisect
 import hashlib
 import json
 import os
-import shutil
+import re
 import struct
 import time
 import warnings
@@ -228,12 +228,57 @@ def _prepare_dir(out: Path, hookpoints: list[str], overwrite: bool) -> Path:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty (pass overwrite=True / --overwrite)")
-        if not (out / MANIFEST).is_file() and not any(out.glob("*/*.safetensors")):
-            raise FileExistsError(f"{out} holds files that are not a saekit cache; not deleting")
-        shutil.rmtree(out)
+        _remove_cache_files(out)
     for h in hookpoints:
         (out / _dirname(h)).mkdir(parents=True, exist_ok=True)
     return out
+
+
+# What a capture writes: shards under a hookpoint directory, and the manifest (+ its temp).
+_SHARD_NAME = re.compile(r"^(train|eval)-\d{5}\.safetensors$")
+
+
+def _remove_cache_files(out: Path) -> None:
+    """Delete an old or half-written cache in `out`, and nothing else: every file must be
+    the manifest, a shard it names, or (for a capture that was interrupted before its
+    manifest) a shard-named file in a hookpoint directory. Anything else means `out` is not
+    (only) a cache, and nothing is deleted."""
+    named: set[str] = set()
+    if (out / MANIFEST).is_file():
+        try:
+            manifest = load_manifest(out)
+            named = {
+                str(Path(shard["file"]))
+                for entry in manifest["hookpoints"].values()
+                for split in entry["splits"].values()
+                for shard in split["shards"]
+            }
+        except (CacheError, KeyError, TypeError, AttributeError):
+            named = set()  # unreadable: only capture-shaped files may go
+    files, dirs = [], []
+    for root, dirnames, filenames in os.walk(out):
+        rel_root = Path(root).relative_to(out)
+        for d in dirnames:
+            dirs.append(Path(root) / d)
+            if (Path(root) / d).is_symlink():
+                raise FileExistsError(f"{out} holds a symlink {rel_root / d}; not deleting")
+        for f in filenames:
+            rel = rel_root / f
+            ours = (
+                str(rel) in (MANIFEST, MANIFEST + ".tmp")
+                or str(rel) in named
+                or (len(rel.parts) == 2 and _SHARD_NAME.match(f) is not None)
+            )
+            if not ours or (Path(root) / f).is_symlink():
+                raise FileExistsError(
+                    f"{out} holds {rel}: not a saekit cache file, so nothing was deleted "
+                    "(choose another --out)"
+                )
+            files.append(Path(root) / f)
+    for f in files:
+        f.unlink()
+    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+        d.rmdir()
 
 
 def _write_split(

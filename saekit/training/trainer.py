@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import signal
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,6 +35,11 @@ from saekit.training.init import geometric_median, input_scale
 
 class NonFiniteActivationsError(ValueError):
     pass
+
+
+class NonFiniteTrainingError(ValueError):
+    """The loss or the parameters became NaN/Inf: training stops at that step and nothing
+    from it is saved (the last checkpoint stays the last good one)."""
 
 
 @dataclass
@@ -236,6 +243,8 @@ class Trainer:
             with torch.autocast(self.device.type, torch.bfloat16, enabled=bool(self.cfg.autocast)):
                 out = m.sae.training_forward(batch.x, ctx)
             loss = sum(out.losses.values())
+            if not bool(torch.isfinite(loss.detach())):
+                self._diverged(m, f"its loss is {float(loss.detach())}")
             if m.optimizer is not None:
                 self._update(m, loss)
             m.sae.calibrate(out.codes)
@@ -252,7 +261,8 @@ class Trainer:
         self.step += 1
 
     def _update(self, m: Member, loss: torch.Tensor) -> None:
-        """Backward, radial decoder gradient removed, clip, Adam, schedule, constraints."""
+        """Backward, radial decoder gradient removed, clip, Adam, schedule, constraints; a
+        parameter that became NaN/Inf stops the run before anything is saved."""
         m.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.dp is not None:
@@ -263,6 +273,17 @@ class Trainer:
         m.optimizer.step()
         m.scheduler.step()
         m.sae.after_optimizer_step()
+        params = [p for p in m.sae.parameters() if p.is_floating_point()]
+        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            bad = next(n for n, p in m.sae.named_parameters() if not torch.isfinite(p).all())
+            self._diverged(m, f"{bad} became NaN/Inf after the update")
+
+    def _diverged(self, m: Member, what: str) -> None:
+        raise NonFiniteTrainingError(
+            f"training diverged at step {self.step}: SAE {m.name!r}: {what}; stopped without "
+            "saving this step (the last checkpoint is kept). Lower --lr or check the data "
+            "for extreme values"
+        )
 
     @staticmethod
     @torch.no_grad()
@@ -445,15 +466,31 @@ class Trainer:
         exactly at the same world size; at another, training continues from the same stream
         position with the new global batch (said in a warning)."""
         out_dir = Path(out_dir)
-        path = ckpt.latest_checkpoint(out_dir / "checkpoints")
-        if path is None:
-            raise ckpt.CheckpointError(f"{out_dir}: no checkpoint to resume from")
-        state = ckpt.read_checkpoint(path)
+        # The newest checkpoint whose checksums and fields verify (a kill can leave `latest`
+        # naming a directory that is gone; a damaged one is skipped, and said so).
+        path, state, skipped = ckpt.load_latest(out_dir / "checkpoints")
+        for why in skipped:
+            print(f"saekit: skipping checkpoint: {why}", file=sys.stderr)
+        try:
+            return cls._from_state(out_dir, stream, state, overrides, group)
+        except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:
+            raise ckpt.CheckpointError(f"{path}: cannot resume from this checkpoint: {e}") from None
+
+    @classmethod
+    def _from_state(
+        cls,
+        out_dir: Path,
+        stream: ActivationStream,
+        state: dict,
+        overrides: dict[str, Any],
+        group: Distributed | None = None,
+    ) -> Trainer:
         cfg = TrainConfig(**{**state["train_config"], **overrides})
         saes = {}
         for ms in state["members"]:
             fields = {k: v for k, v in ms["sae_config"].items() if k != "architecture"}
             arch = ms["sae_config"]["architecture"]
+            native.check_config_values(get_architecture(arch).Config, fields)
             saes[ms["name"]] = get_architecture(arch)(make_config(arch, **fields))
         trainer = cls(saes, stream, cfg, out_dir, group=group)
         trainer.step = state["step"]
@@ -490,18 +527,28 @@ class Trainer:
 
 class _DeferredInterrupts:
     """SIGINT/SIGTERM during a step set a flag; the loop stops after the step, so a
-    checkpoint never holds a half-applied update. A second signal interrupts at once."""
+    checkpoint never holds a half-applied update. A second signal is ignored too (raising
+    mid-step is what once saved a half-applied step over a good checkpoint); a third exits
+    at once without writing anything, for a step that hangs."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
+        self.count = 0
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
+        self.count += 1
         self.requested = True
+        if self.count == 2:
+            sys.stderr.write(
+                "\nsaekit: stopping after this step and writing a checkpoint "
+                "(signal again to quit at once without writing)\n"
+            )
+        elif self.count >= 3:
+            sys.stderr.write("\nsaekit: quitting without writing; the last checkpoint stays\n")
+            os._exit(130)
 
     def __enter__(self):
         try:

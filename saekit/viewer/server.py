@@ -12,6 +12,7 @@ Routes (everything else is a 404; methods other than GET/POST/HEAD a 405):
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 from http import HTTPStatus
@@ -30,6 +31,11 @@ STATIC_FILES = {
 }
 MAX_BODY = 64 * 1024
 MAX_URL = 4096
+# A client that sends nothing for this long is dropped, so stalled connections cannot hold
+# threads; at most MAX_THREADS requests are handled at once, the rest wait in the backlog.
+REQUEST_TIMEOUT_S = 10.0
+MAX_THREADS = 64
+BACKLOG = 128
 
 
 def _static(name: str) -> bytes:
@@ -42,6 +48,7 @@ class Handler(BaseHTTPRequestHandler):
     server: BrowserServer
     server_version = "saekit-browse"
     sys_version = ""
+    timeout = REQUEST_TIMEOUT_S
 
     def log_message(self, fmt: str, *args: Any) -> None:
         if self.server.verbose:
@@ -84,8 +91,19 @@ class Handler(BaseHTTPRequestHandler):
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _method_not_allowed  # noqa: N815
 
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (FOO, PROPFIND...) is a 405 too, not http.server's 501.
+        if name.startswith("do_"):
+            return self._method_not_allowed
+        raise AttributeError(name)
+
     def _dispatch(self) -> None:
         try:
+            host = self.headers.get("Host")
+            if host is not None and not self.server.host_allowed(host):
+                # DNS rebinding: a page on another site whose name now resolves to 127.0.0.1
+                # still sends its own name as Host.
+                raise _Forbidden(f"Host {host!r} is not served here")
             if len(self.path) > MAX_URL:
                 raise BadRequest("URL too long")
             url = urlsplit(self.path)
@@ -131,6 +149,8 @@ class Handler(BaseHTTPRequestHandler):
             self._method_not_allowed()
         except _TooLarge as e:
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(e))
+        except _Forbidden as e:
+            self._error(HTTPStatus.FORBIDDEN, str(e))
         except Exception as e:  # a bug must not kill the thread silently
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}")
 
@@ -158,6 +178,10 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest('body must be JSON: {"text": "..."}') from None
         if not isinstance(body, dict) or not isinstance(body.get("text"), str):
             raise BadRequest('body must be JSON: {"text": "..."}')
+        try:  # JSON may carry lone surrogates ("\ud800"), which no tokenizer can take
+            body["text"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("text is not valid Unicode (lone surrogate)") from None
         focus = body.get("latent")
         if focus is not None:
             n = self.server.data.n_latents
@@ -174,6 +198,10 @@ class _TooLarge(Exception):
     pass
 
 
+class _Forbidden(Exception):
+    pass
+
+
 def _params(query: str) -> dict[str, str]:
     """Query parameters, one value each (the last); malformed encodings are a 400."""
     try:
@@ -185,12 +213,41 @@ def _params(query: str) -> dict[str, str]:
 
 class BrowserServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = BACKLOG  # a burst of connections waits instead of being reset
 
     def __init__(
         self, address: tuple[str, int], data: BrowserData, live: LiveEncoder, verbose: bool = False
     ):
         super().__init__(address, Handler)
         self.data, self.live, self.verbose = data, live, verbose
+        self._slots = threading.BoundedSemaphore(MAX_THREADS)
+        self._hosts = _allowed_hosts(str(self.server_address[0]))
+
+    def host_allowed(self, host: str) -> bool:
+        if self._hosts is None:  # bound to every interface: the user chose to be reachable
+            return True
+        name = host.strip().lower()
+        if name.startswith("["):
+            name = name[: name.find("]") + 1] if "]" in name else name
+        else:
+            name = name.rpartition(":")[0] if name.count(":") == 1 else name
+        return name in self._hosts
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(timeout=REQUEST_TIMEOUT_S):
+            self.shutdown_request(request)  # saturated: drop rather than grow threads
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up mid-response is not an error worth a traceback."""
@@ -204,6 +261,21 @@ class BrowserServer(ThreadingHTTPServer):
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/"
+
+
+def _allowed_hosts(bound: str) -> set[str] | None:
+    """Host header values accepted for a server bound to `bound` (None: any)."""
+    loopback = {"localhost", "127.0.0.1", "[::1]"}
+    try:
+        ip = ipaddress.ip_address(bound)
+    except ValueError:
+        return {bound.lower()} | (loopback if bound.lower() == "localhost" else set())
+    if ip.is_unspecified:
+        return None
+    names = {str(ip), f"[{ip}]"}
+    if ip.is_loopback:
+        names |= loopback
+    return names
 
 
 def make_server(
