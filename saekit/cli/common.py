@@ -175,19 +175,12 @@ context_length = int_in(2, 1 << 20)
 def check_cache_manifest(cache_dir: Path) -> None:
     """An activation cache's manifest.json checked by schema before anything reads it, so an
     edited manifest gives one line naming the field (not a KeyError deep in the reader)."""
-    import json
+    from saekit.formats.jsonfile import read_json
 
     path = cache_dir / "manifest.json"
     if not path.is_file():
         return  # the reader says "no manifest" itself
-    try:
-        if path.stat().st_size > 64 * 2**20:
-            raise UsageError(f"{path}: larger than 64 MiB; not a cache manifest")
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise UsageError(f"{path}: nested too deeply") from None
+    m = read_json(path, "a cache manifest", UsageError)
 
     def need(ok: bool, what: str) -> None:
         if not ok:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from saekit.cli.common import UsageError, path_arg
@@ -41,15 +40,9 @@ EVAL_SECTIONS = ("sae", "data", "core", "synthetic", "spliced", "adaptive", "pro
 def read_eval_json(path: Path) -> dict:
     """An eval.json checked by schema: one line naming the file on any damage."""
     from saekit.cli.common import UsageError
+    from saekit.formats.jsonfile import read_json
 
-    try:
-        if path.stat().st_size > 64 * 2**20:
-            raise UsageError(f"{path}: larger than 64 MiB; not an eval result")
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise UsageError(f"{path}: nested too deeply") from None
+    doc = read_json(path, "an eval result", UsageError)
     if not isinstance(doc, dict):
         raise UsageError(f"{path}: expected a JSON object")
     for key in EVAL_SECTIONS:

@@ -577,8 +577,9 @@ def _run(args, group) -> int:
         out = Path(settings["out"])
         check_output_dir(out)
         settings["data"] = absolute_data_spec(str(settings["data"]))
-        # Architecture names and options fail now, before a capture of many minutes.
-        sweep(settings, 1)
+        # Architecture names and options fail now, before a capture of many minutes (with
+        # placeholder widths; a SOURCE->TARGET spec means transcoders).
+        sweep(settings, 1, 1 if "->" in str(settings["data"]) else None)
     threads = set_threads(args.threads)
     log_sinks = parse_sinks(settings.get("log"))  # a missing package fails before any work
     if not args.resume:

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from saekit.formats.atomic import atomic_directory
+from saekit.formats.jsonfile import read_json
 from saekit.sae.base import SAE
 from saekit.sae.registry import get_architecture, make_config
 
@@ -69,16 +70,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         )
     if not cfg_path.is_file():
         raise SAEFileError(f"{path}: missing {CONFIG_FILE}; is this an SAE directory?")
-    try:
-        if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
-            raise SAEFileError(f"{cfg_path}: larger than {MAX_CONFIG_BYTES} bytes; not a cfg.json")
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SAEFileError(f"{cfg_path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise SAEFileError(f"{cfg_path}: nested too deeply") from None
-    except OSError as e:
-        raise SAEFileError(f"{cfg_path}: cannot read ({e.strerror or e})") from None
+    cfg = read_json(cfg_path, "a cfg.json", SAEFileError, MAX_CONFIG_BYTES)
     if not isinstance(cfg, dict) or "architecture" not in cfg:
         raise SAEFileError(f"{cfg_path}: no 'architecture' field")
     if not isinstance(cfg["architecture"], str):
@@ -284,7 +276,7 @@ def _check_header(cls: type[SAE], config: Any, header: dict, weights_path: Path)
     unexpected = sorted(set(header) - set(expected))
     if missing or unexpected:
         raise SAEFileError(
-            f"{weights_path}: tensors do not match architecture {cls.architecture!r}"
+            f"{weights_path}: tensors do not match architecture {cls.name!r}"
             + (f"; missing {missing}" if missing else "")
             + (f"; unexpected {unexpected}" if unexpected else "")
         )

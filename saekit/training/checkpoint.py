@@ -265,8 +265,10 @@ def check_trainer_state(state: Any, path: Path) -> None:
             isinstance(model, dict) and all(isinstance(v, torch.Tensor) for v in model.values()),
             f"members[{i}].model must map names to tensors",
         )
-        for key in ("optimizer", "scheduler", "last"):
-            need(isinstance(m.get(key), dict), f"members[{i}].{key} must be an object")
+        need(isinstance(m.get("last"), dict), f"members[{i}].last must be an object")
+        for key in ("optimizer", "scheduler"):  # None: a coder without an optimiser (ITDA)
+            value = m.get(key)
+            need(value is None or isinstance(value, dict), f"members[{i}].{key} must be an object")
         t = m.get("tokens_since_fired")
         need(
             isinstance(t, torch.Tensor) and t.dim() == 1 and not t.is_floating_point(),

@@ -65,18 +65,22 @@ class Distributed:
                 "resume with --resume"
             ) from None
 
-    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """grad ← mean over ranks, in one flat all-reduce."""
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
+    def _average(self, tensors: list[torch.Tensor], what: str, dtype=None) -> None:
+        """Each tensor ← its mean over ranks, in one flat all-reduce."""
+        if not tensors:
             return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        self._call("gradient all-reduce", dist.all_reduce, flat)
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        flat = flat.to(dtype) if dtype is not None else flat
+        self._call(what, dist.all_reduce, flat)
         flat /= self.world_size
         offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """grad ← mean over ranks."""
+        self._average([p.grad for p in params if p.grad is not None], "gradient all-reduce")
 
     def any(self, mask: torch.Tensor) -> torch.Tensor:
         """Element-wise OR of a bool tensor over ranks."""
@@ -98,17 +102,10 @@ class Distributed:
 
     @torch.no_grad()
     def average_buffers(self, module: torch.nn.Module) -> None:
-        """Floating buffers (running thresholds, densities, dual variables) ← mean over ranks."""
+        """Floating buffers (running thresholds, densities, dual variables) ← mean over ranks
+        (summed in float64)."""
         buffers = [b for b in module.buffers() if b.is_floating_point()]
-        if not buffers:
-            return
-        flat = torch.cat([b.reshape(-1) for b in buffers]).double()
-        self._call("buffer all-reduce", dist.all_reduce, flat)
-        flat /= self.world_size
-        offset = 0
-        for b in buffers:
-            b.copy_(flat[offset : offset + b.numel()].view_as(b))
-            offset += b.numel()
+        self._average(buffers, "buffer all-reduce", torch.float64)
 
     def broadcast_object(self, obj: Any) -> Any:
         box = [obj]

@@ -117,6 +117,9 @@ bad("cache", "--corpus", ["{DIR}/no-such.txt"])
 bad("info", "", ["{DIR}/missing-sae", "{FILE}", NOT_UTF8], "")
 bad("report", "", ["{DIR}/missing-eval"], "")
 bad("report", "--out", [""])
+bad("convert", "--to", ["bogus", ""])
+bad("convert", "--layout", ["bogus"])
+bad("convert", "--hookpoint", ["blocks.x.hook_nothing"], "hookpoint")
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +158,7 @@ def base_args(command: str) -> list[str]:
         "cache": ["--tokens", "10", "--out", "{OUT}", "--model", "/nonexistent-model"],
         "info": [],
         "report": ["{SAE}", "-o", "{OUT}/r.html"],
+        "convert": ["{SAE}", "{OUT}", "--to", "saelens"],
     }[command]
 
 
