@@ -52,7 +52,9 @@ def l0_options(arch: str, l0: int) -> list[dict]:
         return [{"target_l0": float(l0)}]
     if "l1_coeff" in fields:
         return [{"l1_coeff": c} for c in L1_COEFFS] if l0 == 32 else []
-    return [{}] if l0 == 32 else []  # top-AFA: its own L0, one run
+    if "loss_target" in fields:  # top-AFA: its own L0; the reference's loss target and ours
+        return [{}, {"loss_target": "centred"}] if l0 == 32 else []
+    return [{}] if l0 == 32 else []
 
 
 def done_keys(path: Path) -> set[str]:
@@ -186,6 +188,12 @@ def run_synthetic(args) -> None:
             print(json.dumps(row), flush=True)
 
 
+def options_text(options: dict) -> str:
+    shown = {k: v for k, v in options.items() if k not in ("d_out", "transcode")}
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float | int) else f"{k}={v}"
+                     for k, v in shown.items()) or "–"  # fmt: skip
+
+
 def fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
@@ -199,7 +207,7 @@ def table(args) -> None:
         )
         print("|---|---|---|---|---|---|---|---|---|")
         for r in sorted(rows, key=lambda r: (r["target_l0"], r["arch"])):
-            opts = ", ".join(f"{k}={v:g}" for k, v in r["options"].items()) or "–"
+            opts = options_text(r["options"])
             print(
                 f"| {r['target_l0']} | {r['arch']} | {opts} | {r['width']} | {fmt(r['l0'], '.1f')} | "
                 f"{fmt(r['fvu'], '.3f')} | {fmt(r['ce_score'], '.3f')} | "
@@ -224,7 +232,7 @@ def table(args) -> None:
         print("\n| architecture | options | L0 | FVU | MMCS (\\|cos\\|) | MCC | FRR@0.9 |")
         print("|---|---|---|---|---|---|---|")
         for r in sorted(rows, key=lambda r: r["arch"]):
-            opts = ", ".join(f"{k}={v:g}" for k, v in r["options"].items()) or "–"
+            opts = options_text(r["options"])
             print(
                 f"| {r['arch']} | {opts} | {fmt(r['l0'], '.1f')} | {fmt(r['fvu'], '.3f')} | "
                 f"{fmt(r['mmcs'], '.3f')} ({fmt(r['mmcs_abs'], '.3f')}) | {fmt(r['mcc'], '.3f')} | "
