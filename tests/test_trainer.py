@@ -69,7 +69,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
 def test_nan_activations_fail_clearly_without_training_on_them(tmp_path):
     class Poisoned(InterruptAt):
         def __iter__(self):
-            for i, batch in enumerate(self.stream):
+            for i, batch in enumerate(self.inner):
                 if i == self.n:
                     batch.x[3, 2] = float("nan")
                 yield batch

@@ -12,6 +12,7 @@ import pytest
 import torch
 from eval_helpers import model_dir
 from tiny_model import TEXTS, tiny_model, tiny_tokenizer
+from train_helpers import StreamWrapper
 
 import saekit
 from saekit.cli.main import main
@@ -111,24 +112,12 @@ def test_3_infinite_lr_stops_at_the_step_without_nan_checkpoints(tmp_path):
 
 
 def test_3_one_extreme_row_is_detected_and_the_good_checkpoint_kept(tmp_path):
-    class Extreme:
-        def __init__(self, inner):
-            self.inner, self.d_in, self.batch_size = inner, inner.d_in, inner.batch_size
-
+    class Extreme(StreamWrapper):
         def __iter__(self):
             for i, batch in enumerate(self.inner):
                 if i == 2 + 12:  # init batches, then step 12
                     batch.x[5] = 1e30
                 yield batch
-
-        def state_dict(self):
-            return self.inner.state_dict()
-
-        def load_state_dict(self, s):
-            self.inner.load_state_dict(s)
-
-        def describe(self):
-            return self.inner.describe()
 
     trainer = Trainer(saes(), Extreme(stream()), config(checkpoint_every=5), tmp_path)
     with pytest.raises(NonFiniteTrainingError, match="step 12"):

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from train_helpers import StreamWrapper
 
 import saekit
 from saekit.cli.main import main
@@ -49,28 +50,18 @@ def fill(fs: Path) -> Path:
     return filler
 
 
-class FillsDiskAt:
+class FillsDiskAt(StreamWrapper):
     """A real synthetic stream that fills the disk when batch `n` is read."""
 
     def __init__(self, fs: Path, n: int):
-        self.inner = SyntheticStream(make_recipe(RECIPE, seed=0), batch_size=64, seed=0)
+        super().__init__(SyntheticStream(make_recipe(RECIPE, seed=0), batch_size=64, seed=0))
         self.fs, self.n, self.filler = fs, n, None
-        self.d_in, self.batch_size = self.inner.d_in, self.inner.batch_size
 
     def __iter__(self):
         for i, batch in enumerate(self.inner):
             if i == self.n:
                 self.filler = fill(self.fs)
             yield batch
-
-    def state_dict(self):
-        return self.inner.state_dict()
-
-    def load_state_dict(self, s):
-        self.inner.load_state_dict(s)
-
-    def describe(self):
-        return self.inner.describe()
 
 
 def config():
