@@ -241,12 +241,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
     expected = sae.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise SAEFileError(
-            f"{weights_path}: tensors do not match architecture {name!r}"
-            + (f"; missing {missing}" if missing else "")
-            + (f"; unexpected {unexpected}" if unexpected else "")
-        )
+    _check_names(weights_path, name, missing, unexpected)
     for key, ref in expected.items():
         if tensors[key].shape != ref.shape:
             raise SAEFileError(
@@ -262,6 +257,15 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
     return sae.to(device).eval()
 
 
+def _check_names(weights_path: Path, name: str, missing: list, unexpected: list) -> None:
+    if missing or unexpected:
+        raise SAEFileError(
+            f"{weights_path}: tensors do not match architecture {name!r}"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unexpected {unexpected}" if unexpected else "")
+        )
+
+
 def _check_header(cls: type[SAE], config: Any, header: dict, weights_path: Path) -> None:
     try:
         expected = _expected_shapes(cls, config)
@@ -274,12 +278,7 @@ def _check_header(cls: type[SAE], config: Any, header: dict, weights_path: Path)
         return
     missing = sorted(set(expected) - set(header))
     unexpected = sorted(set(header) - set(expected))
-    if missing or unexpected:
-        raise SAEFileError(
-            f"{weights_path}: tensors do not match architecture {cls.name!r}"
-            + (f"; missing {missing}" if missing else "")
-            + (f"; unexpected {unexpected}" if unexpected else "")
-        )
+    _check_names(weights_path, cls.name, missing, unexpected)
     for key, (shape, floating) in expected.items():
         dtype, got = header[key]
         if got != shape:

@@ -42,9 +42,6 @@ class SparseCode:
         out = out.index_add(0, self.rows * self.n_latents + self.cols, values)
         return out.view(self.batch, self.n_latents)
 
-    def dense(self) -> torch.Tensor:
-        return self.to_dense(detach=True)
-
     def select(self, keep: torch.Tensor) -> SparseCode:
         return SparseCode(
             self.rows[keep], self.cols[keep], self.values[keep], self.batch, self.n_latents

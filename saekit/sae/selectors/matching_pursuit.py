@@ -115,10 +115,7 @@ class MatchingPursuit(Selector):
         grad; the replay also returns Σ α_t d_{j_t}, so decoding costs nothing more. Always in
         full precision, autocast or not: cheaper correlations change which atoms are chosen."""
         with torch.autocast(x_centered.device.type, enabled=False):
-            return self._select(
-                sae, x_centered.float() if x_centered.dtype == torch.bfloat16 else x_centered,
-                n_steps, residual_threshold, relative_threshold,
-            )  # fmt: skip
+            return self._select(sae, x_centered, n_steps, residual_threshold, relative_threshold)
 
     def _select(self, sae, x_centered, n_steps, residual_threshold, relative_threshold):
         sel = self.pursue(sae, x_centered, n_steps, residual_threshold, relative_threshold)
