@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saekit.options import option
 from saekit.sae.losses import AuxK, NormMatchingLoss, Reconstruction
-from saekit.sae.methods.common import EncoderConfig, linear_parts
+from saekit.sae.methods.common import AuxKConfig, EncoderConfig, linear_parts
 from saekit.sae.registry import Composition, architecture
 from saekit.sae.selectors import NormMatching
 from saekit.sae.selectors.norm_matching import RULES
@@ -15,17 +16,23 @@ LOSS_TARGETS = ("input", "centred")
 
 
 @dataclass
-class TopAFAConfig(EncoderConfig):
-    """rule: "nearest" or "first_exceed". k_max: cap on latents kept per token (effective
-    cap min(k_max, n_latents − 1)). afa_coeff: λ_AFA in the reference's units. loss_target:
-    "input" (un-centred ‖x‖, the reference) or "centred" (‖x − b_dec‖)."""
-
-    rule: str = "nearest"
-    k_max: int = 512
-    afa_coeff: float = 1 / 32
-    loss_target: str = "input"
-    k_aux: int | None = None  # default d_in // 2, as TopK
-    aux_coeff: float = 1 / 32
+class TopAFAConfig(EncoderConfig, AuxKConfig):
+    rule: str = option(
+        "nearest",
+        "top-AFA: keep the prefix whose code norm is nearest to the input's, or the first to "
+        "exceed it",
+        choices=RULES,
+    )
+    k_max: int = option(
+        512, "top-AFA: cap on latents kept per token (effective min(k_max, n_latents − 1))", lo=1
+    )
+    afa_coeff: float = option(1 / 32, "top-AFA: λ_AFA in the reference's units", lo=0)
+    loss_target: str = option(
+        "input",
+        "top-AFA: the norm the code's norm is matched to: 'input' (un-centred ‖x‖, the "
+        "reference) or 'centred' (‖x − b_dec‖)",
+        choices=("input", "centred"),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
