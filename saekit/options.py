@@ -8,6 +8,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 
@@ -27,29 +28,39 @@ def type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def check_config_values(config_cls: type, values: dict[str, Any]) -> None:
+def check_config_values(
+    config_cls: type, values: dict[str, Any], label: Callable[[str], str] = repr
+) -> None:
     """Check each value against its field's type annotation and declared range in
     `config_cls` (a dataclass): a cfg.json, a config file or a command line that says
     `k: 4.5`, `aux_coeff: "abc"` or `steps: 0` fails here, at the boundary, with the field
     named, instead of deep inside the library. NaN and infinities are rejected for float
-    fields. Unknown names are left to the caller."""
+    fields. Unknown names are left to the caller. `label` names a field in the message
+    (default: 'name'; the command line says --name)."""
     hints = type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
         if f.name not in values:
             continue
         value, tp = values[f.name], hints.get(f.name, Any)
         if not matches(value, tp):
-            raise ValueError(f"option {f.name!r} must be {describe(tp)}, got {value!r}")
-        problem = range_problem(f, value)
+            raise ValueError(f"{_name(f.name, label)} must be {describe(tp)}, got {value!r}")
+        problem = value_problem(f, value)
         if problem:
-            raise ValueError(f"option {f.name!r} {problem}")
+            raise ValueError(f"{_name(f.name, label)} {problem}")
 
 
-def range_problem(f: dataclasses.Field, value: Any) -> str | None:
-    """Why `value` lies outside the field's declared range, or None."""
+def _name(field_name: str, label: Callable[[str], str]) -> str:
+    return f"option {field_name!r}" if label is repr else label(field_name)
+
+
+def value_problem(f: dataclasses.Field, value: Any) -> str | None:
+    """Why `value` lies outside the field's declared range or choices, or None."""
     lo, hi, above = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("above", False)
     if isinstance(value, list | tuple):  # each element (Adam's betas)
-        return next(filter(None, (range_problem(f, v) for v in value)), None)
+        return next(filter(None, (value_problem(f, v) for v in value)), None)
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        return f"must be one of {', '.join(map(str, choices))}, got {value!r}"
     if not isinstance(value, int | float) or isinstance(value, bool):
         return None
     if lo is not None and (value < lo or (above and value == lo)):

@@ -91,7 +91,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
-        check_config_values(TrainConfig, asdict(self))
+        # What the trainer cannot run without; every declared range is checked where values
+        # come in (flags, config files, run.json), while the library leaves an extreme lr to
+        # the divergence guard.
+        structural = ("steps", "init_b_dec", "autocast")
+        check_config_values(TrainConfig, {k: getattr(self, k) for k in structural})
 
 
 def default_lr(n_latents: int) -> float:
@@ -127,7 +131,8 @@ class Trainer:
     (the CLI stores its spec in run.json); the result is bit-identical to an uninterrupted run.
 
     `heldout`: a fixed batch of held-out activations (raw units); every metric row then also
-    records each SAE's FVU on it (`heldout_fvu`), beside the training batch's `fvu`.
+    records each SAE's FVU on it (`heldout_fvu`), beside the training batch's `fvu`: the gap
+    between the two is what repeated passes over a cache cost.
     """
 
     def __init__(
@@ -292,9 +297,14 @@ class Trainer:
 
     @torch.no_grad()
     def _heldout_fvu(self, sae: SAE) -> float:
-        """FVU on the fixed held-out batch, through the inference path a saved SAE uses."""
+        """FVU on the fixed held-out batch under the training selection, as the training
+        batch's FVU is measured (BatchTopK's inference threshold, say, is only a running
+        estimate until training ends). On a copy in eval mode: what a selection tracks
+        (thresholds, densities, ITDA's atoms, JumpReLU's λ) must not learn from held-out data."""
         batch = self._scaled(self.heldout)
-        return fvu(sae(batch.x, batch.extras), _scored(sae, batch))
+        probe = copy.deepcopy(sae).eval()
+        ctx = TrainContext(progress=self.step / self.cfg.steps, extras=batch.extras)
+        return fvu(probe.training_forward(batch.x, ctx).x_hat, _scored(sae, batch))
 
     def _update(self, m: Member, loss: torch.Tensor) -> None:
         """Backward, radial decoder gradient removed, clip, Adam, schedule, constraints; a
