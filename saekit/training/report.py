@@ -129,15 +129,16 @@ def training_curves(by_sae: dict[str, list[dict[str, Any]]]) -> Figure | None:
 # ---- top latents ------------------------------------------------------------------------------
 
 
-def build_browser(sae_dir: Path, n_contexts: int) -> Path:
-    """The feature browser's data for an SAE on model data: what `saekit browse` serves."""
+def build_browser(sae_dir: Path, n_contexts: int, corpus: str) -> Path:
+    """The feature browser's data for an SAE on model data (what `saekit browse` serves),
+    from held-out documents of the run's corpus."""
     from saekit.evaluation.evaluate import model_source
     from saekit.formats.native import load
     from saekit.viewer.build import BuildSettings, build
 
     sae = load(sae_dir)
     print(f"building the feature browser for {sae_dir.name} ({n_contexts} contexts) ...")
-    settings = BuildSettings(n_contexts=n_contexts)
+    settings = BuildSettings(corpus=corpus, n_contexts=n_contexts)
     return build(sae, model_source(sae), sae_dir / "browser", settings, sae_dir)
 
 
@@ -176,7 +177,9 @@ def write_run_report(out: Path, settings: RunSettings, train_data: str) -> RunRe
         curves.savefig(curves_path)
     sections = [_run_section(out, settings, by_sae)]
     for name in results:
-        section = _latents_section(out / "saes" / name, settings.run.browser_contexts)
+        section = _latents_section(
+            out / "saes" / name, settings.run.browser_contexts, settings.capture.corpus
+        )
         sections += [section] if section is not None else []
     page = write_report(
         {n: json.loads((out / "saes" / n / "eval.json").read_text()) for n in results},
@@ -234,7 +237,7 @@ def _run_section(out: Path, settings: RunSettings, by_sae: dict[str, list[dict]]
     return {"title": "Training", "text": "\n".join(lines), "latents": None}
 
 
-def _latents_section(sae_dir: Path, n_contexts: int) -> dict | None:
+def _latents_section(sae_dir: Path, n_contexts: int, corpus: str) -> dict | None:
     """The SAE's most frequent latents and how to browse them all; None without a language
     model behind the SAE (synthetic data: no text to show)."""
     from saekit.evaluation.evaluate import model_source
@@ -249,7 +252,7 @@ def _latents_section(sae_dir: Path, n_contexts: int) -> dict | None:
     return {
         "title": f"{sae_dir.name}: most frequent latents",
         "text": f"Open the feature browser: {browse} (its data is built: it starts at once)",
-        "latents": top_latents(build_browser(sae_dir, n_contexts)),
+        "latents": top_latents(build_browser(sae_dir, n_contexts, corpus)),
     }
 
 
