@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from saekit.cli.common import UsageError, float_in, int_in, parse_value, text_arg
-from saekit.options import describe, help_text, matches, value_problem, type_hints
+from saekit.options import describe, help_text, matches, type_hints, value_problem
 
 
 def flag_name(f: Field) -> str:

@@ -249,10 +249,16 @@ def _latents_section(sae_dir: Path, n_contexts: int, corpus: str) -> dict | None
     if n_contexts <= 0:
         text = f"Open the feature browser: {browse} (it builds its data on the first start)"
         return {"title": f"{sae_dir.name}: latents", "text": text, "latents": None}
+    try:
+        browser = build_browser(sae_dir, n_contexts, corpus)
+    except OSError as e:  # the model is not here (no hub access, moved): say so, go on
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        text = f"No feature browser: its model cannot be loaded here ({why})"
+        return {"title": f"{sae_dir.name}: latents", "text": text, "latents": None}
     return {
         "title": f"{sae_dir.name}: most frequent latents",
         "text": f"Open the feature browser: {browse} (its data is built: it starts at once)",
-        "latents": top_latents(build_browser(sae_dir, n_contexts, corpus)),
+        "latents": top_latents(browser),
     }
 
 
