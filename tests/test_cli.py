@@ -242,3 +242,19 @@ def test_resume_from_cli_after_sigint(tmp_path, capsys):
     a = load(tmp_path / "full" / "saes" / "topk").state_dict()
     b = load(tmp_path / "part" / "saes" / "topk").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_data_spec_parts(tmp_path):
+    from saekit.training.dataspec import DataSpec, parse_data_spec
+
+    assert parse_data_spec("model:default@model.layers.6,model.layers.9") == DataSpec(
+        "model", "default", ("model.layers.6", "model.layers.9")
+    )
+    pair = "model:x@model.layers.6.mlp:in->out"
+    assert parse_data_spec(pair).hookpoints == ("model.layers.6.mlp:in->out",)
+    assert str(parse_data_spec(pair)) == pair
+    assert parse_data_spec("synthetic:tree:rho=0.3") == DataSpec("synthetic", "tree:rho=0.3")
+    odd = tmp_path / "acts@v2"
+    odd.mkdir()
+    assert parse_data_spec(f"cache:{odd}") == DataSpec("cache", str(odd))  # a real directory
+    assert parse_data_spec("cache:acts@model.layers.1").source == "acts"

@@ -255,9 +255,8 @@ def check_cache_manifest(cache_dir: Path) -> None:
 
 def check_data_spec(spec: str) -> None:
     """Validate what a data spec points at, where that is a file we can check cheaply."""
-    kind, _, rest = spec.partition(":")
-    if kind == "cache" and rest:
-        path, at, _ = rest.rpartition("@")
-        if not at or Path(rest).is_dir():
-            path = rest
-        check_cache_manifest(Path(path))
+    from saekit.training.dataspec import parse_data_spec
+
+    parsed = parse_data_spec(spec)
+    if parsed.kind == "cache" and parsed.source:
+        check_cache_manifest(Path(parsed.source))

@@ -138,12 +138,11 @@ def parse_model_spec(spec: str) -> tuple[str, list[str]]:
     """'model:NAME@H1,H2' -> (NAME, [H1, H2]) with canonical hookpoint names ([""]: the
     model's default). A malformed pair fails here, before any model loads."""
     from saekit.data.hooks import canonical_hookpoint
+    from saekit.training.dataspec import parse_data_spec
 
-    name, at, hookpoint = spec[len("model:") :].rpartition("@")
-    if not at:
-        name, hookpoint = spec[len("model:") :], ""
-    hookpoints = [canonical_hookpoint(h) for h in hookpoint.split(",")] if hookpoint else [""]
-    return name or "default", hookpoints
+    parsed = parse_data_spec(spec)
+    hookpoints = [canonical_hookpoint(h) for h in parsed.hookpoints] or [""]
+    return parsed.source or "default", hookpoints
 
 
 def reusable_cache(

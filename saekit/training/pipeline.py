@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from saekit.data.stream import ActivationStream, Batch
+from saekit.training.dataspec import parse_data_spec
 from saekit.training.run import RunFiles, RunSettings, absolute_data_spec, clear_checkpoints
 from saekit.training.sweep import architecture_names, check_memory, expand
 
@@ -217,7 +218,7 @@ def _build_saes(settings: RunSettings, files: RunFiles, stream, group, hookpoint
     if hookpoint is not None:  # this rank's share of the sweep, named by its hookpoint
         mine = list(runs)[share[0] :: share[1]]
         runs = {f"{name}-{hookpoint}": runs[name] for name in mine}
-        hookpoints = files.train_data.rpartition("@")[2].split(",")
+        hookpoints = parse_data_spec(files.train_data).hookpoints
         all_runs = {f"{n}-{h}": r for h in hookpoints for n, r in all_runs.items()}
     elif modules:
         mine = list(runs)[group.rank :: group.world_size]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from saekit.options import check_config_values, option
 from saekit.training.capture import CaptureConfig
+from saekit.training.dataspec import parse_data_spec
 from saekit.training.sweep import MAX_LATENTS
 from saekit.training.trainer import TrainConfig
 
@@ -186,27 +187,22 @@ class RunFiles:
 
 def absolute_data_spec(spec: str) -> str:
     """cache:DIR with DIR made absolute, so a run resumes from any working directory."""
-    kind, _, rest = spec.partition(":")
-    if kind != "cache" or not rest:
+    parsed = parse_data_spec(spec)
+    if parsed.kind != "cache" or not parsed.source:
         return spec
-    path, at, hookpoint = rest.rpartition("@")
-    if not at or Path(rest).is_dir():
-        path, at, hookpoint = rest, "", ""
-    return f"cache:{Path(path).resolve()}{at}{hookpoint}"
+    return str(replace(parsed, source=str(Path(parsed.source).resolve())))
 
 
 def _in_run(spec: str, run_dir: Path) -> str | None:
     """The cache path of `spec` relative to the run directory when it lies inside it."""
-    if not spec.startswith("cache:"):
+    parsed = parse_data_spec(spec)
+    if parsed.kind != "cache":
         return None
-    path, at, hookpoint = spec[len("cache:") :].rpartition("@")
-    if not at:
-        path, hookpoint = spec[len("cache:") :], ""
     try:
-        rel = Path(path).resolve().relative_to(run_dir.resolve())
+        rel = Path(parsed.source).resolve().relative_to(run_dir.resolve())
     except ValueError:
         return None
-    return f"{rel}@{hookpoint}" if hookpoint else str(rel)
+    return str(rel) + (f"@{','.join(parsed.hookpoints)}" if parsed.hookpoints else "")
 
 
 def clear_checkpoints(run_dir: Path) -> None:
