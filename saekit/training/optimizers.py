@@ -22,6 +22,11 @@ import torch
 OPTIMIZERS = ("adam", "signsgd-sf", "muon")
 
 
+def check_optimizer(name: str) -> None:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
 def make_optimizer(
     name: str, params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float]
 ) -> torch.optim.Optimizer:
@@ -32,14 +37,15 @@ def make_optimizer(
         return ScheduleFreeSignSGD(params, lr=lr)
     if name == "muon":
         return Muon(params, lr=lr, adam_betas=betas)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    check_optimizer(name)
+    raise AssertionError(name)
 
 
 class ScheduleFreeSignSGD(torch.optim.Optimizer):
     """z ← z − γ_t·sign(∇f(y)); x ← (1 − c)·x + c·z with c = γ_t² / Σ_{s≤t} γ_s²; y = (1−β)z + βx.
 
-    The weighting by γ² is the paper's choice under warm-up (its eq. 24): steps taken at a
-    small warm-up rate count for little in the average.
+    Weighting the average by γ² is the paper's choice under warm-up: steps taken at a small
+    warm-up rate count for little.
     """
 
     def __init__(self, params, lr: float, beta: float = 0.9) -> None:
@@ -70,22 +76,37 @@ class ScheduleFreeSignSGD(torch.optim.Optimizer):
         return None
 
     @torch.no_grad()
+    def constrain(self, project) -> None:
+        """Apply the SAE's in-place constraint (unit-norm decoder rows, ...) to z and x as well
+        as to the parameters y: projecting y alone would let z drift off the constraint set."""
+        states = list(self._states())
+        for key in ("z", "x"):
+            for p, state in states:
+                p.copy_(state[key])
+            project()
+            for p, state in states:
+                state[key].copy_(p)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if self.state.get(p):
+                    p.copy_(torch.lerp(self.state[p]["z"], self.state[p]["x"], group["beta"]))
+        project()
+
+    @torch.no_grad()
     def use_average(self) -> None:
         """Put the averaged weights x into the parameters (to evaluate or save them)."""
         if not self.averaging:
             for p, state in self._states():
+                state["y"] = p.detach().clone()
                 p.copy_(state["x"])
         self.averaging = True
 
     @torch.no_grad()
     def use_gradient_point(self) -> None:
-        """Put y = (1−β)z + βx back into the parameters (to take the next step)."""
+        """Put the parameters y back, bit for bit, to take the next step."""
         if self.averaging:
-            for group in self.param_groups:
-                for p in group["params"]:
-                    state = self.state.get(p)
-                    if state:
-                        p.copy_(torch.lerp(state["z"], state["x"], group["beta"]))
+            for p, state in self._states():
+                p.copy_(state.pop("y"))
         self.averaging = False
 
     def _states(self):
