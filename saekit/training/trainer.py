@@ -33,6 +33,7 @@ from saekit.training import checkpoint as ckpt
 from saekit.training import logsinks
 from saekit.training.distributed import Distributed, resolve_device
 from saekit.training.init import geometric_median, input_scale
+from saekit.training.optimizers import OPTIMIZERS, ScheduleFreeSignSGD, make_optimizer
 
 
 class NonFiniteActivationsError(ValueError):
@@ -88,13 +89,18 @@ class TrainConfig:
     autocast: Literal["bf16"] | None = option(
         None, "bf16: matmuls in bfloat16 under autocast; weights, thresholds and Adam stay fp32"
     )
+    optimizer: str = option(
+        "adam",
+        "adam, signsgd-sf (sign descent, schedule-free) or muon (saekit/training/optimizers.py)",
+        choices=OPTIMIZERS,
+    )
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         # What the trainer cannot run without; every declared range is checked where values
         # come in (flags, config files, run.json), while the library leaves an extreme lr to
         # the divergence guard.
-        structural = ("steps", "init_b_dec", "autocast")
+        structural = ("steps", "init_b_dec", "autocast", "optimizer")
         check_config_values(TrainConfig, {k: getattr(self, k) for k in structural})
 
 
@@ -191,7 +197,7 @@ class Trainer:
         if not sae.learns_by_gradient:
             return Member(name, sae, None, None, counters)
         lr = self.cfg.lr if self.cfg.lr is not None else default_lr(sae.n_latents)
-        opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=self.cfg.betas)
+        opt = make_optimizer(self.cfg.optimizer, sae.parameters(), lr=lr, betas=self.cfg.betas)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, self.cfg))
         return Member(name, sae, opt, sched, counters)
 
@@ -318,7 +324,10 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(m.sae.parameters(), self.cfg.grad_clip)
         m.optimizer.step()
         m.scheduler.step()
-        m.sae.after_optimizer_step()
+        if isinstance(m.optimizer, ScheduleFreeSignSGD):
+            m.optimizer.constrain(m.sae.after_optimizer_step)
+        else:
+            m.sae.after_optimizer_step()
         params = [p for p in m.sae.parameters() if p.is_floating_point()]
         if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
             bad = next(n for n, p in m.sae.named_parameters() if not torch.isfinite(p).all())
@@ -383,6 +392,7 @@ class Trainer:
                     log.close()
         if self.out_dir is not None or self.dp is not None:
             self.save_checkpoint()
+        self._use_final_weights()
         self._finalise()
         if self.out_dir is not None:
             self.save_saes()
@@ -393,6 +403,13 @@ class Trainer:
         if self.group is None:
             return local
         return bool(self.group.any(torch.tensor([local]))[0])
+
+    def _use_final_weights(self) -> None:
+        """Schedule-free training takes gradients at y but keeps the average x: after the last
+        step (and its checkpoint) the SAEs hold x, for calibration, export and evaluation."""
+        for m in self.members:
+            if isinstance(m.optimizer, ScheduleFreeSignSGD):
+                m.optimizer.use_average()
 
     @torch.no_grad()
     def _finalise(self, tokens: int = 16384) -> None:
