@@ -314,7 +314,7 @@ def test_cli_cache_and_hookpoints(model_dir, tmp_path, capsys):
         "1",
     ]
     assert cli(argv) == 0
-    assert "model.layers.2 (d=32): train 300 tokens in 3 shards, eval 15 tokens" in (
+    assert "model.layers.2 (d=32): train 300 tokens in 3 shards, eval 30 tokens" in (
         capsys.readouterr().out
     )
     manifest = verify_cache(out)

@@ -107,7 +107,7 @@ def test_train_and_cache_share_one_set_of_capture_defaults(tmp_path):
         ["cache", "--tokens", "10", "--out", str(tmp_path), "--dtype", "bf16", "--batch-size", "4"]
     )
     assert (args.cache_dtype, args.contexts_per_forward) == ("bf16", 4)
-    assert CaptureConfig().max_norm_factor == 10.0 and CaptureConfig().eval_fraction == 0.05
+    assert CaptureConfig().max_norm_factor == 10.0 and CaptureConfig().eval_fraction == 0.1
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ class CaptureConfig:
         "fp32", "storage precision of the activation cache"
     )
     eval_fraction: float = option(
-        0.05,
+        0.1,
         "held-out tokens captured from held-out documents, as a fraction of the training tokens",
         lo=0,
         hi=1,

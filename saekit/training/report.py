@@ -215,7 +215,9 @@ def evaluate_run(out: Path, settings: RunSettings, train_data: str) -> dict[str,
         )
         # Model-derived SAEs also get the spliced-in CE/KL scores.
         groups = ("core", "synthetic", "spliced") if model_source(sae) else ("core", "synthetic")
-        eval_settings = EvalSettings(groups=groups, n_tokens=settings.run.eval_tokens)
+        # A cache's held-out split is read once, not looped over to make up the number.
+        n_tokens = min(settings.run.eval_tokens, stream.describe().get("tokens") or 2**62)
+        eval_settings = EvalSettings(groups=groups, n_tokens=n_tokens)
         results[sae_dir.name] = evaluate_sae(sae, stream, eval_settings, name=sae_dir.name)
         (sae_dir / "eval.json").write_text(json.dumps(results[sae_dir.name], indent=2) + "\n")
     return results

@@ -46,7 +46,9 @@ class RunConfig:
         lo=0,
     )
     out: str = option("runs/latest", "run directory")
-    eval_tokens: int = option(16384, "held-out tokens for the final evaluation", lo=1)
+    eval_tokens: int = option(
+        16384, "held-out tokens for the final evaluation (at most the cache's held-out split)", lo=1
+    )
     heldout_tokens: int = option(
         2048,
         "held-out tokens scored at every metric row, beside the training batch (0 = none)",
