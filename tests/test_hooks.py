@@ -9,6 +9,7 @@ from saekit.data.hooks import (
     capture,
     capture_with_grad,
     get_module,
+    hook_sites,
     list_hookpoints,
     token_mask,
 )
@@ -88,6 +89,32 @@ def test_tuple_output_and_hook_cleanup(model):
     assert acts["model.layers.1.self_attn"].shape == (2, 8, D_MODEL)  # first tuple element
     assert acts["model.layers.1.mlp.up_proj"].shape == (2, 8, 64)
     assert sum(len(m._forward_hooks) for m in model.modules()) == n_hooks
+
+
+def test_hook_sites_replace_an_output_or_an_input_alike(model):
+    ids, am = random_batch(2, 8)
+
+    def n_hooks():
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+    before = n_hooks()
+    halve = lambda x: x / 2  # noqa: E731
+
+    def logits(fns, which="output"):
+        with torch.no_grad(), hook_sites(model, fns, which):
+            return model(input_ids=ids, attention_mask=am).logits
+
+    # Layer 1's output is layer 2's input: halving either gives the same forward.
+    by_output = logits({"model.layers.1": halve})
+    assert torch.equal(logits({"model.layers.2": halve}, which="input"), by_output)
+    assert torch.equal(logits({"model.layers.2:in": halve}), by_output)
+    assert not torch.allclose(logits({}), by_output)
+    seen = {}
+    logits({"model.layers.1": halve, "model.layers.2:in": lambda x: seen.setdefault("x", x)})
+    assert torch.equal(seen["x"], _hidden_states(model, ids, am)[2] / 2)  # read after the change
+    with pytest.raises(TypeError, match="cannot replace the output of 'model'"):
+        logits({"model": halve})  # a ModelOutput can be read, not replaced
+    assert n_hooks() == before
 
 
 def test_list_hookpoints_widths(model):

@@ -39,9 +39,9 @@ from saekit.data.hooks import (
     capture,
     capture_hooks,
     get_module,
+    hook_sites,
     is_pair,
     token_mask,
-    transform_hookpoint,
 )
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]
@@ -89,7 +89,7 @@ def splice(
     with ExitStack() as stack:
         if source is not None:
             stack.enter_context(capture_hooks(model, [source], which, seen, stop=False))
-        stack.enter_context(transform_hookpoint(model, hookpoint, which, replace))
+        stack.enter_context(hook_sites(model, {hookpoint: replace}, which))
         yield
 
 
