@@ -18,7 +18,9 @@ from saekit.data.cache import (
     write_cache,
 )
 from saekit.data.corpora import TextListCorpus, tokenize_corpus
-from saekit.data.hooks import capture, capture_with_grad, token_mask
+from saekit.data.gradients import capture_gradients
+from saekit.data.hooks import capture
+from saekit.data.masking import token_mask
 from saekit.data.stream import ActivationStream
 
 HOOKS = ["model.layers.1", "model.layers.3"]
@@ -58,7 +60,9 @@ def expected(model, split, n_tokens):
     for start in range(0, len(contexts), BATCH):
         sub = contexts.subset(slice(start, start + BATCH))
         acts = capture(model, sub.input_ids, sub.attention_mask, HOOKS)
-        _, grads = capture_with_grad(model, sub.input_ids, sub.attention_mask, HOOKS)
+        _, grads = capture_gradients(
+            model, sub.input_ids, sub.attention_mask, HOOKS, "output", sub.special_ids
+        )
         mask = token_mask(sub.input_ids, sub.attention_mask, sub.special_ids)
         for h in HOOKS:
             xs[h].append((acts[h][mask], grads[h][mask], sub.input_ids[mask]))

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from saekit.data.corpora import tokenize_corpus
-from saekit.data.hooks import capture, list_hookpoints, token_mask
+from saekit.data.hooks import capture, list_hookpoints
+from saekit.data.masking import token_mask
 from saekit.data.models import load_model
 from saekit.evaluation.spliced import estimate_mean_activation, spliced_metrics
 

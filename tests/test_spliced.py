@@ -5,7 +5,8 @@ import torch
 from tiny_model import random_batch, tiny_model
 
 from saekit import create
-from saekit.data.hooks import capture, token_mask
+from saekit.data.hooks import capture
+from saekit.data.masking import token_mask
 from saekit.evaluation.spliced import estimate_mean_activation, splice, spliced_metrics
 
 HOOK = "model.layers.1"

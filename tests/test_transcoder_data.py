@@ -22,8 +22,8 @@ from saekit.data.hooks import (
     canonical_hookpoint,
     capture,
     get_module,
-    token_mask,
 )
+from saekit.data.masking import Masking, token_mask
 from saekit.data.model_stream import ModelStream
 from saekit.evaluation.evaluate import EvalSettings, ModelSource, evaluate_sae, model_source
 from saekit.evaluation.spliced import estimate_mean_activation, spliced_metrics
@@ -184,7 +184,7 @@ def test_model_stream_pairs_rows_and_resumes_exactly(model, contexts):
 def test_norm_outliers_of_the_target_drop_the_token_from_both(model, contexts):
     # one forward for all contexts, so the median the mask uses is the one computed here
     kw = dict(batch_size=1000, contexts_per_chunk=24, forward_batch=24, loop=False)
-    stream = ModelStream(model, contexts, PAIR, max_norm_factor=1.5, **kw)
+    stream = ModelStream(model, contexts, PAIR, masking=Masking(max_norm_factor=1.5), **kw)
     batch = next(iter(stream))
     acts = capture(model, contexts.input_ids, contexts.attention_mask, HookPair.parse(PAIR).sites)
     masks = [

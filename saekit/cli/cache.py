@@ -107,6 +107,7 @@ def run(args) -> int:
     from saekit.data.cache import CacheError, write_cache
     from saekit.data.corpora import open_corpus
     from saekit.data.hooks import HookPair, get_module, is_pair
+    from saekit.data.masking import Masking
     from saekit.data.model_stream import default_hookpoint
     from saekit.data.models import load_model, quiet_transformers
 
@@ -145,7 +146,7 @@ def run(args) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             which=args.which,
-            max_norm_factor=args.max_norm_factor,
+            masking=Masking(max_norm_factor=args.max_norm_factor),
             with_grad=args.with_grad,
             overwrite=args.overwrite,
             progress=not args.quiet,

@@ -111,9 +111,10 @@ def evaluate(
     rows = compare_saes(saes, model, ids[:n_eval], am[:n_eval], hookpoint, mu, special_ids=special)
     if steer_latents > 0:
         from saekit.data.gradients import capture_gradients
-        from saekit.data.hooks import token_mask
+        from saekit.data.masking import token_mask
 
-        x, g = capture_gradients(model, ids[:4], am[:4], hookpoint)
+        acts, grads = capture_gradients(model, ids[:4], am[:4], [hookpoint], special_ids=special)
+        x, g = acts[hookpoint], grads[hookpoint]
         mask = token_mask(ids[:4], am[:4], special)
         alive = {name: alive_latents(sae, x[mask], g[mask]) for name, sae in saes.items()}
         steer = compare_steering(saes, model, ids[:steer_contexts], am[:steer_contexts],

@@ -392,6 +392,7 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
         return spec
     from saekit.data.cache import load_manifest, write_cache
     from saekit.data.hooks import canonical_hookpoint
+    from saekit.data.masking import Masking
     from saekit.data.model_stream import default_hookpoint
     from saekit.data.models import load_model_cached
 
@@ -439,7 +440,7 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
         eval_tokens=max(n // 10, 4096),
         seed=int(settings["seed"]),
         dtype="fp32",
-        max_norm_factor=10.0,
+        masking=Masking(max_norm_factor=10.0),
         with_grad=with_grad,
         overwrite=True,
         progress=True,

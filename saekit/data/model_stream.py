@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from saekit.data.corpora import TokenizedCorpus, tokenize_corpus
-from saekit.data.hooks import HookPair, Which, capture, get_module, is_pair, parse_site, token_mask
+from saekit.data.hooks import HookPair, Which, capture, get_module, is_pair, parse_site
+from saekit.data.masking import DEFAULT_MASKING, Masking
 from saekit.data.models import describe_model, load_model_cached
 from saekit.data.stream import Batch
 
@@ -47,8 +48,8 @@ class ModelStream:
     batch_size: tokens per Batch; x is [batch_size, d_in] float32.
     contexts_per_chunk: contexts per shuffle buffer (the buffer holds their masked tokens).
     forward_batch: contexts per model forward.
-    Masking as `token_mask` (padding, special tokens, first position, optional norm outliers;
-    for a pair a token is an outlier when its source or its target is).
+    masking: which tokens are kept (`saekit.data.masking`; for a pair a token is a norm
+      outlier when its source or its target is).
     """
 
     def __init__(
@@ -61,8 +62,7 @@ class ModelStream:
         contexts_per_chunk: int = 64,
         forward_batch: int = 8,
         which: Which = "output",
-        exclude_first: bool = True,
-        max_norm_factor: float | None = None,
+        masking: Masking = DEFAULT_MASKING,
         loop: bool = True,
     ):
         if batch_size <= 0 or contexts_per_chunk <= 0 or forward_batch <= 0:
@@ -79,7 +79,7 @@ class ModelStream:
         self.model, self.contexts, self.hookpoint, self.which = model, contexts, hookpoint, which
         self.batch_size, self.seed = batch_size, seed
         self.contexts_per_chunk, self.forward_batch = contexts_per_chunk, forward_batch
-        self.exclude_first, self.max_norm_factor = exclude_first, max_norm_factor
+        self.masking = masking
         self.loop = loop
         self.epoch, self.chunk, self.offset = 0, 0, 0
         self._buffer: tuple[tuple[int, int], torch.Tensor] | None = None
@@ -121,21 +121,8 @@ class ModelStream:
         ids, am = sub.input_ids.to(device), sub.attention_mask.to(device)
         acts = capture(self.model, ids, am, self.sites, self.which)
         parts = [acts[s].cpu() for s in self.sites]
-        mask = self._mask(sub, parts[0])
-        if self.max_norm_factor is not None:
-            for part in parts[1:]:
-                mask &= self._mask(sub, part)
+        mask = self.masking.keep(sub.input_ids, sub.attention_mask, sub.special_ids, parts)
         return torch.cat([p[mask] for p in parts], dim=-1).float()
-
-    def _mask(self, sub: TokenizedCorpus, act: torch.Tensor) -> torch.Tensor:
-        return token_mask(
-            sub.input_ids,
-            sub.attention_mask,
-            sub.special_ids,
-            self.exclude_first,
-            act,
-            self.max_norm_factor,
-        )
 
     def shard(self, rank: int, world_size: int) -> None:
         """Read only chunks rank, rank + W, ... of each epoch's context order (data-parallel
@@ -206,10 +193,7 @@ class ModelStream:
             "n_contexts": len(self.contexts),
             "seed": self.seed,
             "contexts_per_chunk": self.contexts_per_chunk,
-            "masking": {
-                "exclude_first": self.exclude_first,
-                "max_norm_factor": self.max_norm_factor,
-            },
+            "masking": self.masking.describe(),
         }
         if self.pair is not None:
             out["pair"] = self.pair.describe(self.d_in, self.d_out)

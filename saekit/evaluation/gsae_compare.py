@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from saekit.data.gradients import capture_gradients
-from saekit.data.hooks import Which, token_mask
+from saekit.data.hooks import Which
+from saekit.data.masking import token_mask
 from saekit.evaluation.metrics import ReconstructionMetrics
 from saekit.evaluation.spliced import splice
 from saekit.evaluation.steering_effect import (
@@ -108,7 +109,8 @@ def compare_saes(
     for start in range(0, len(input_ids), batch_size):
         ids = input_ids[start : start + batch_size].to(device)
         am = attention_mask[start : start + batch_size].to(device)
-        act, grad = capture_gradients(model, ids, am, hookpoint, which)
+        acts, grads = capture_gradients(model, ids, am, [hookpoint], which, special_ids)
+        act, grad = acts[hookpoint], grads[hookpoint]
         mask = token_mask(ids, am, special_ids)
         pred = mask[:, :-1] & am[:, 1:].bool()
         targets = ids[:, 1:][pred].unsqueeze(1)

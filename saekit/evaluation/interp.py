@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from saekit.data.corpora import TokenizedCorpus
-from saekit.data.hooks import Which, capture, token_mask
+from saekit.data.hooks import Which, capture
+from saekit.data.masking import token_mask
 
 
 @dataclass

@@ -41,8 +41,8 @@ from saekit.data.hooks import (
     get_module,
     hook_sites,
     is_pair,
-    token_mask,
 )
+from saekit.data.masking import token_mask
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]
 

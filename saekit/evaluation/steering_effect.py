@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from saekit.data.hooks import Which, capture, get_module, token_mask
+from saekit.data.hooks import Which, capture, get_module
+from saekit.data.masking import token_mask
 
 
 def steering_positions(

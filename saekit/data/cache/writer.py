@@ -27,17 +27,17 @@ from saekit.data.cache.format import (
     load_manifest,
 )
 from saekit.data.corpora import TextCorpus, iter_context_batches
+from saekit.data.gradients import NextTokenCE, capture_gradients
 from saekit.data.hooks import (
     HookPair,
     Which,
     canonical_hookpoint,
     capture,
-    capture_with_grad,
     get_module,
     is_pair,
     parse_site,
-    token_mask,
 )
+from saekit.data.masking import DEFAULT_MASKING, Masking
 from saekit.data.models import describe_model
 
 _SPLITS = {"train": "train", "eval": "heldout"}  # cache split -> corpus split
@@ -114,8 +114,7 @@ def write_cache(
     batch_size: int = 8,
     seed: int = 0,
     which: Which = "output",
-    exclude_first: bool = True,
-    max_norm_factor: float | None = None,
+    masking: Masking = DEFAULT_MASKING,
     with_grad: bool = False,
     overwrite: bool = False,
     progress: bool = False,
@@ -125,10 +124,10 @@ def write_cache(
 
     dtype: storage precision "fp16" | "bf16" | "fp32" (fp16 overflow raises).
     shard_tokens: tokens per shard file; the stream's shuffle pool is a few shards.
-    Masking as `token_mask`: padding, special tokens, the first position, and optionally
-    tokens above ``max_norm_factor`` x the batch median norm are not stored.
-    with_grad: also store ``grad`` = d(summed next-token CE)/dx per token (full forward and
-    backward instead of a truncated forward).
+    masking: which tokens are stored (`saekit.data.masking`; norm outliers are judged
+    against the median of each forward batch).
+    with_grad: also store ``grad`` = d(summed next-token CE)/dx per token
+    (`saekit.data.gradients`: a full forward and a backward instead of a truncated forward).
     hookpoints: module paths (read at ``which``) and/or pairs ``SOURCE->TARGET``, whose
     entry stores the target beside x as ``target``; every site is read in the same forward.
     Returns the manifest (also written to ``out_dir/manifest.json``).
@@ -137,8 +136,6 @@ def write_cache(
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if n_tokens <= 0 or shard_tokens <= 0:
         raise ValueError(f"n_tokens and shard_tokens must be positive: {n_tokens}, {shard_tokens}")
-    if with_grad and which != "output":
-        raise ValueError("with_grad stores gradients of hookpoint outputs only (which='output')")
     hookpoints = list(dict.fromkeys(canonical_hookpoint(h) for h in hookpoints))
     if with_grad and any(is_pair(h) for h in hookpoints):
         raise ValueError("with_grad stores gradients of plain hookpoints, not of pairs")
@@ -152,8 +149,7 @@ def write_cache(
         batch_size=batch_size,
         seed=seed,
         which=which,
-        exclude_first=exclude_first,
-        max_norm_factor=max_norm_factor,
+        masking=masking,
         with_grad=with_grad,
         storage=DTYPES[dtype],
         progress=progress,
@@ -243,8 +239,7 @@ def _write_split(
     batch_size: int,
     seed: int,
     which: Which,
-    exclude_first: bool,
-    max_norm_factor: float | None,
+    masking: Masking,
     with_grad: bool,
     storage: torch.dtype,
     progress: bool,
@@ -260,21 +255,18 @@ def _write_split(
         ids, am = batch.input_ids, batch.attention_mask
         device = next(model.parameters()).device
         if with_grad:
-            acts, grads = capture_with_grad(model, ids.to(device), am.to(device), hookpoints)
+            acts, grads = capture_gradients(
+                model, ids.to(device), am.to(device), sites, which, batch.special_ids, masking
+            )
         else:
             acts, grads = capture(model, ids.to(device), am.to(device), sites, which), {}
         for h, w in writers.items():
             if w.full:
                 continue
-            # a pair: source and target, masked alike (an outlier in either drops the token)
             parts = [acts[s].cpu() for s in _sites(h)]
             widths[h] = [p.shape[-1] for p in parts]
-            mask = token_mask(ids, am, batch.special_ids, exclude_first, parts[0], max_norm_factor)
-            for part in parts[1:]:
-                if max_norm_factor is not None:
-                    mask &= token_mask(
-                        ids, am, batch.special_ids, exclude_first, part, max_norm_factor
-                    )
+            # a pair: source and target, masked alike (an outlier in either drops the token)
+            mask = masking.keep(ids, am, batch.special_ids, parts)
             arrays = {"x": _to_storage(parts[0][mask], storage, h)}
             if len(parts) > 1:
                 arrays["target"] = _to_storage(parts[1][mask], storage, f"{h} (target)")
@@ -391,15 +383,12 @@ def _manifest(
         "corpus": {
             name: {**s["corpus"], "n_contexts": s["n_contexts"]} for name, s in splits.items()
         },
-        "masking": {
-            "exclude_first": settings["exclude_first"],
-            "max_norm_factor": settings["max_norm_factor"],
-            "special_tokens": "bos/eos/pad and all_special_ids of the tokenizer",
-        },
+        "masking": settings["masking"].describe(),
         "capture": {
             "batch_size": settings["batch_size"],
             "which": settings["which"],
             "with_grad": settings["with_grad"],
+            **({"gradient": NextTokenCE().describe()} if settings["with_grad"] else {}),
             "torch": torch.__version__,
         },
         "hookpoints": entries,
