@@ -101,7 +101,7 @@ def run_real(args) -> None:
                 print(f"{key}: training", flush=True)
                 stream = open_cache_stream(str(args.cache), args.batch, seed=args.seed)
                 sae, tokens_per_s, dead = train_one(arch, opts, stream, stream.d_in, args)
-                held_out = open_cache_stream(str(args.cache), 4096, seed=0, split="eval")
+                held_out = open_cache_stream(str(args.cache), 4096, seed=0, split="heldout")
                 doc = evaluate_sae(sae, held_out, settings, source=source, shared=shared)
                 core, spliced = doc.get("core", {}), doc.get("spliced", {})
                 row = dict(
@@ -138,7 +138,7 @@ def run_transcoders(args) -> None:
         stream = open_cache_stream(spec, args.batch, seed=args.seed)
         opts = {**opts, "d_out": stream.d_out}
         sae, tokens_per_s, dead = train_one(arch, opts, stream, stream.d_in, args)
-        held_out = open_cache_stream(spec, 4096, seed=0, split="eval")
+        held_out = open_cache_stream(spec, 4096, seed=0, split="heldout")
         source = model_source(sae, data_spec=f"model:default@{args.pair}")
         doc = evaluate_sae(sae, held_out, settings, source=source, shared=shared)
         core, spliced = doc.get("core", {}), doc.get("spliced", {})

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,7 +46,7 @@ def cache_dir(model, tmp_path_factory):
         HOOKS,
         n_tokens=1000,
         shard_tokens=96,
-        eval_tokens=150,
+        heldout_tokens=150,
         ctx_len=CTX,
         batch_size=BATCH,
         with_grad=True,
@@ -80,15 +81,15 @@ def test_round_trip_is_bit_exact(model, cache_dir):
         assert (got["positions"] > 0).all()  # the first position is never stored
     manifest = load_manifest(cache_dir)
     entry = manifest["hookpoints"]["model.layers.1"]
-    assert manifest["n_tokens"] == {"train": 1000, "eval": 150}
+    assert manifest["n_tokens"] == {"train": 1000, "heldout": 150}
     assert [s["n_tokens"] for s in entry["splits"]["train"]["shards"]] == [96] * 10 + [40]
     assert set(entry["arrays"]) == {"x", "grad", "token_ids", "doc_ids", "context_ids", "positions"}
     assert manifest["saekit_version"] and manifest["dtype"] == "float32"
 
 
-def test_eval_split_comes_from_heldout_documents(cache_dir):
+def test_heldout_split_comes_from_heldout_documents(cache_dir):
     train = set(read_cache(cache_dir, HOOKS[0], "train")["doc_ids"].tolist()) - {-1}
-    held = set(read_cache(cache_dir, HOOKS[0], "eval")["doc_ids"].tolist()) - {-1}
+    held = set(read_cache(cache_dir, HOOKS[0], "heldout")["doc_ids"].tolist()) - {-1}
     assert held and train.isdisjoint(held)
 
 
@@ -100,7 +101,7 @@ def test_reduced_precision_storage(model, tmp_path):
         CORPUS,
         HOOKS[:1],
         200,
-        eval_tokens=0,
+        heldout_tokens=0,
         ctx_len=CTX,
     )
     ref = read_cache(tmp_path / "fp32")["x"]
@@ -113,7 +114,7 @@ def test_reduced_precision_storage(model, tmp_path):
             HOOKS[:1],
             200,
             dtype=dtype,
-            eval_tokens=0,
+            heldout_tokens=0,
             ctx_len=CTX,
         )
         x = read_cache(tmp_path / dtype)["x"]
@@ -232,7 +233,7 @@ def test_mismatched_and_missing_files(model, cache_dir, tmp_path):
         ["model.layers.1.mlp.up_proj"],
         96,
         shard_tokens=96,
-        eval_tokens=0,
+        heldout_tokens=0,
         ctx_len=CTX,
     )
     bad = copy_cache(cache_dir, tmp_path / "c")
@@ -257,9 +258,33 @@ def test_mismatched_and_missing_files(model, cache_dir, tmp_path):
 
 
 def test_open_cache_stream_spec(cache_dir):
-    stream = open_cache_stream(f"{cache_dir}@model.layers.3", batch_size=50, split="eval")
+    stream = open_cache_stream(f"{cache_dir}@model.layers.3", batch_size=50, split="heldout")
     assert stream.hookpoint == "model.layers.3" and stream.n_tokens == 150
     assert stream.describe()["corpus"]["split"] == "heldout"
+
+
+LEGACY = Path(__file__).parent / "data" / "legacy" / "cache"  # see make_cache.py there
+
+
+def test_a_version_1_cache_reads_its_eval_split_as_heldout(tmp_path):
+    manifest = verify_cache(LEGACY)
+    assert manifest["format_version"] == 1 and manifest["n_tokens"] == {"train": 40, "heldout": 12}
+    stream = CacheStream(LEGACY, "model.layers.1", batch_size=5, split="heldout", loop=False)
+    assert [len(b) for b in stream] == [5, 5, 2]
+    with pytest.raises(ValueError, match="no longer 'eval'"):
+        CacheStream(LEGACY, "model.layers.1", split="eval")
+    # Today's writer, with the settings of make_cache.py, stores the same tokens and values.
+    docs = [f"doc {i}: {TEXTS[i % 8]} {TEXTS[(i * 3) % 8]}" for i in range(60)]
+    hookpoints = ["model.layers.1", "model.layers.2.mlp:in->out"]
+    write_cache(
+        tmp_path, tiny_model(), tiny_tokenizer(), TextListCorpus(docs, heldout_fraction=0.2),
+        hookpoints, n_tokens=40, dtype="fp16", shard_tokens=16, heldout_tokens=12, ctx_len=16,
+        batch_size=4,
+    )  # fmt: skip
+    for h in hookpoints:
+        for split in ("train", "heldout"):
+            old, new = read_cache(LEGACY, h, split), read_cache(tmp_path, h, split)
+            assert set(old) == set(new) and all(torch.equal(old[k], new[k]) for k in old)
 
 
 def test_write_errors(model, cache_dir, tmp_path):
@@ -324,7 +349,7 @@ def test_cli_cache_and_hookpoints(model_dir, tmp_path, capsys):
         "1",
     ]
     assert cli(argv) == 0
-    assert "model.layers.2 (d=32): train 300 tokens in 3 shards, eval 15 tokens" in (
+    assert "model.layers.2 (d=32): train 300 tokens in 3 shards, heldout 15 tokens" in (
         capsys.readouterr().out
     )
     manifest = verify_cache(out)

@@ -124,7 +124,7 @@ def test_synthetic_evaluate_keeps_the_post_training_contract():
 
     spec = "synthetic:superposition:n_features=32,d_in=8,k_avg=2"
     sae = saekit.create("topk", d_in=8, n_latents=32, k=2)
-    doc = evaluate(sae, open_stream(spec, batch_size=256, split="eval"), n_tokens=512)
+    doc = evaluate(sae, open_stream(spec, batch_size=256, split="heldout"), n_tokens=512)
     assert doc["core"]["n_tokens"] == 512 and "mmcs_gt_to_learned" in doc["synthetic"]
     assert doc["skipped"] == {}
 

@@ -43,7 +43,7 @@ def read_tokens(spec: str, n: int, batch_size: int, seed: int):
 
     from saekit.data import open_stream
 
-    stream = open_stream(spec, batch_size=batch_size, seed=seed, split="eval")
+    stream = open_stream(spec, batch_size=batch_size, seed=seed, split="heldout")
     available = getattr(stream, "n_tokens", None)  # a cache's split: do not wrap around it
     if isinstance(available, int) and available < n:
         print(f"saekit adaptive: {spec} holds {available} held-out tokens; using all of them",

@@ -141,7 +141,7 @@ def run(args) -> int:
             args.tokens,
             dtype=args.dtype,
             shard_tokens=args.shard_tokens,
-            eval_tokens=args.eval_tokens,
+            heldout_tokens=args.eval_tokens,
             ctx_len=args.ctx_len,
             batch_size=args.batch_size,
             seed=args.seed,

@@ -137,7 +137,7 @@ def run(args) -> int:
             if spec is None:
                 raise UsageError(f"{sae_dir}: no data spec recorded; pass --data")
             check_data_spec(spec)
-            stream = open_stream(spec, batch_size=args.batch_size, seed=args.seed, split="eval")
+            stream = open_stream(spec, batch_size=args.batch_size, seed=args.seed, split="heldout")
             if stream.d_in != sae.d_in:
                 raise UsageError(
                     f"{sae_dir}: SAE d_in={sae.d_in} but {spec} has d_in={stream.d_in}"

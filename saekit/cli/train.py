@@ -437,7 +437,7 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
         "default",
         hookpoints,
         n_tokens=n,
-        eval_tokens=max(n // 10, 4096),
+        heldout_tokens=max(n // 10, 4096),
         seed=int(settings["seed"]),
         dtype="fp32",
         masking=Masking(max_norm_factor=10.0),

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from saekit.data.splits import TRAIN, check_split
 from saekit.data.stream import ActivationStream, Batch, TensorStream
-
-SPLITS = ("train", "eval")
 
 
 def split_hookpoints(spec: str) -> tuple[str, list[str]]:
@@ -27,19 +26,18 @@ def split_hookpoints(spec: str) -> tuple[str, list[str]]:
 
 
 def open_stream(
-    spec: str, batch_size: int, seed: int = 0, split: str = "train", **kwargs: Any
+    spec: str, batch_size: int, seed: int = 0, split: str = TRAIN, **kwargs: Any
 ) -> ActivationStream:
-    """Build the stream named by `spec`. split="eval" gives held-out data (fresh synthetic
+    """Build the stream named by `spec`. split="heldout" gives held-out data (fresh synthetic
     samples, or the held-out corpus split)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_split(split)
     kind, _, rest = spec.partition(":")
     if kind == "synthetic":
         from saekit.data.synthetic import SyntheticStream, make_recipe
 
         recipe = make_recipe(rest or "superposition", seed=seed)
         # Held-out samples: same dictionary (same recipe seed), different sample stream.
-        stream_seed = seed if split == "train" else seed + 1_000_000
+        stream_seed = seed if split == TRAIN else seed + 1_000_000
         return SyntheticStream(recipe, batch_size, stream_seed)
     if kind == "model":
         from saekit.data.model_stream import open_model_stream

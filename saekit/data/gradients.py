@@ -33,6 +33,7 @@ from saekit.data.corpora import TokenizedCorpus
 from saekit.data.hooks import SiteFn, Which, hook_sites
 from saekit.data.masking import DEFAULT_MASKING, Masking, predictions
 from saekit.data.model_stream import ModelStream, open_model_stream
+from saekit.data.splits import HELDOUT
 from saekit.data.stream import Batch
 
 
@@ -240,7 +241,7 @@ def open_gradient_stream(
 
 
 def open_eval_stream(
-    spec: str, batch_size: int, seed: int = 0, with_grad: bool = False, split: str = "eval"
+    spec: str, batch_size: int, seed: int = 0, with_grad: bool = False, split: str = HELDOUT
 ) -> Any:
     """`saekit.data.open_stream`, except that ``with_grad`` turns a ``model:`` spec into a
     GradientModelStream (caches carry "grad" when written with --with-grad; synthetic

@@ -31,6 +31,7 @@ from saekit.data.corpora import TokenizedCorpus, tokenize_corpus
 from saekit.data.hooks import HookPair, Which, capture, get_module, is_pair, parse_site
 from saekit.data.masking import DEFAULT_MASKING, Masking
 from saekit.data.models import describe_model, load_model_cached
+from saekit.data.splits import check_split
 from saekit.data.stream import Batch
 
 
@@ -221,7 +222,7 @@ def open_model_stream(
     **kwargs: Any,
 ) -> ModelStream:
     """``"<model>[@<hookpoint>]"`` -> ModelStream (or `stream_class`, e.g. the gradient
-    stream) on the corpus' train or held-out ("eval") split; the hookpoint defaults to the
+    stream) on the corpus' train or held-out split; the hookpoint defaults to the
     middle decoder layer's output, and may be a pair ``SOURCE->TARGET`` (transcoders).
     kwargs go to the stream class."""
     name, at, hookpoint = spec.rpartition("@")
@@ -230,9 +231,6 @@ def open_model_stream(
     if is_pair(hookpoint):
         HookPair.parse(hookpoint)  # a malformed pair fails before the model loads
     model, tokenizer = load_model_cached(name)
-    corpus_split = {"train": "train", "eval": "heldout"}.get(split)
-    if corpus_split is None:
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    contexts = tokenize_corpus(tokenizer, corpus, n_contexts, ctx_len, corpus_split, seed)
+    contexts = tokenize_corpus(tokenizer, corpus, n_contexts, ctx_len, check_split(split), seed)
     cls = stream_class or ModelStream
     return cls(model, contexts, hookpoint or default_hookpoint(model), batch_size, seed, **kwargs)

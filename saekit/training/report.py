@@ -92,7 +92,10 @@ def write_run_report(out: Path, settings: dict[str, Any], eval_tokens: int) -> R
         if hookpoints:  # module-parallel over several hookpoints: this SAE's own
             spec = f"{source}@{sae.metadata['data']['hookpoint']}"
         stream = open_stream(
-            spec, batch_size=int(settings["batch_size"]), seed=int(settings["seed"]), split="eval"
+            spec,
+            batch_size=int(settings["batch_size"]),
+            seed=int(settings["seed"]),
+            split="heldout",
         )
         # Model-derived SAEs also get the spliced-in CE/KL scores.
         groups = ("core", "synthetic", "spliced") if model_source(sae) else ("core", "synthetic")

@@ -88,7 +88,7 @@ def make_base(work: Path) -> tuple[Path, Path]:
 
         texts = [f"Sentence number {i} talks about the weather and the sea." for i in range(60)]
         write_cache(cache, tiny_model(), tiny_tokenizer(), texts, ["model.layers.1"], 400,
-                    shard_tokens=128, eval_tokens=64, ctx_len=16)  # fmt: skip
+                    shard_tokens=128, heldout_tokens=64, ctx_len=16)  # fmt: skip
 
     assert forkrun.call(build_cache, work / "setup.log") == 0, (work / "setup.log").read_text()
     return run, cache

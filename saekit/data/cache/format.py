@@ -6,7 +6,7 @@ Layout::
       manifest.json                       written last: no manifest = interrupted write
       <hookpoint>/train-00000.safetensors  x [n, d], token_ids [n], doc_ids [n],
       <hookpoint>/train-00001.safetensors  context_ids [n], positions [n] (+ grad [n, d])
-      <hookpoint>/eval-00000.safetensors   tokens from held-out documents
+      <hookpoint>/heldout-00000.safetensors  tokens from held-out documents
 
 Every shard holds the same per-token arrays, all with first dimension n (the shard's token
 count); ``manifest["hookpoints"][h]["arrays"]`` names them with dtype and trailing shape, so
@@ -18,6 +18,9 @@ entry, named by its canonical spelling (``model.layers.6.mlp:in->out``), stored 
 directory ``model.layers.6.mlp.in--out``: ``x`` [n, d_in] holds the source and ``target``
 [n, d_out] the target of the same tokens, and the entry records ``source``, ``target`` and
 ``d_out``.
+
+Format version 2 renamed the held-out split from "eval" to "heldout" (`saekit.data.splits`);
+`load_manifest` reads a version-1 manifest with the new name, and its shards where they are.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from saekit.data.hooks import canonical_hookpoint
+from saekit.data.splits import HELDOUT
 
 CACHE_FORMAT = "saekit-activation-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 DTYPES = {
     "fp16": torch.float16,
@@ -88,7 +92,21 @@ def load_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
             f"{path}: format version {manifest['format_version']} is newer than "
             f"this saekit reads ({FORMAT_VERSION}); upgrade saekit"
         )
+    if manifest.get("format_version", 0) < 2:
+        _rename_eval_split(manifest)
     return manifest
+
+
+def _rename_eval_split(manifest: dict[str, Any]) -> None:
+    """Version 1 called the held-out split "eval" in n_tokens, corpus and every entry's
+    splits. Malformed parts are left for the readers' own checks."""
+    entries = manifest.get("hookpoints")
+    entries = entries.values() if isinstance(entries, dict) else []
+    tables = [manifest.get("n_tokens"), manifest.get("corpus")]
+    tables += [e.get("splits") for e in entries if isinstance(e, dict)]
+    for table in tables:
+        if isinstance(table, dict) and "eval" in table:
+            table[HELDOUT] = table.pop("eval")
 
 
 def hookpoint_entry(manifest: dict[str, Any], hookpoint: str | None, where: Any) -> tuple:

@@ -22,6 +22,7 @@ from saekit.data.cache.format import (
     split_entry,
 )
 from saekit.data.hooks import HookPair
+from saekit.data.splits import check_split
 from saekit.data.stream import Batch
 
 
@@ -74,7 +75,7 @@ class CacheStream:
         self.root = Path(cache_dir)
         self.manifest = load_manifest(self.root)
         self.hookpoint, entry = hookpoint_entry(self.manifest, hookpoint, self.root)
-        self.split = split
+        self.split = check_split(split)
         self.shards = split_entry(entry, split, self.root)["shards"]
         if not self.shards:
             raise CacheError(f"{self.root}: the {split!r} split of {self.hookpoint} is empty")

@@ -39,8 +39,7 @@ from saekit.data.hooks import (
 )
 from saekit.data.masking import DEFAULT_MASKING, Masking
 from saekit.data.models import describe_model
-
-_SPLITS = {"train": "train", "eval": "heldout"}  # cache split -> corpus split
+from saekit.data.splits import HELDOUT, TRAIN
 
 
 def _sites(hookpoint: str) -> list[str]:
@@ -109,7 +108,7 @@ def write_cache(
     n_tokens: int,
     dtype: str = "fp32",
     shard_tokens: int = 32_768,
-    eval_tokens: int | None = None,
+    heldout_tokens: int | None = None,
     ctx_len: int = 128,
     batch_size: int = 8,
     seed: int = 0,
@@ -120,7 +119,7 @@ def write_cache(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Capture ``n_tokens`` masked tokens per hookpoint from the corpus' train split (and
-    ``eval_tokens``, default n_tokens // 20, from its held-out split) into ``out_dir``.
+    ``heldout_tokens``, default n_tokens // 20, from its held-out split) into ``out_dir``.
 
     dtype: storage precision "fp16" | "bf16" | "fp32" (fp16 overflow raises).
     shard_tokens: tokens per shard file; the stream's shuffle pool is a few shards.
@@ -143,7 +142,7 @@ def write_cache(
         for site in _sites(h):
             get_module(model, site)  # unknown names fail before any compute
     out = _prepare_dir(Path(out_dir), hookpoints, overwrite)
-    eval_tokens = n_tokens // 20 if eval_tokens is None else eval_tokens
+    heldout_tokens = n_tokens // 20 if heldout_tokens is None else heldout_tokens
     settings = dict(
         ctx_len=ctx_len,
         batch_size=batch_size,
@@ -156,7 +155,7 @@ def write_cache(
     )
     started = time.time()
     splits: dict[str, dict[str, Any]] = {}
-    for split, count in (("train", n_tokens), ("eval", eval_tokens)):
+    for split, count in ((TRAIN, n_tokens), (HELDOUT, heldout_tokens)):
         if count > 0:
             splits[split] = _write_split(
                 out, model, tokenizer, corpus, hookpoints, split, count, shard_tokens, **settings
@@ -178,8 +177,9 @@ def _prepare_dir(out: Path, hookpoints: list[str], overwrite: bool) -> Path:
     return out
 
 
-# What a capture writes: shards under a hookpoint directory, and the manifest (+ its temp).
-_SHARD_NAME = re.compile(r"^(train|eval)-\d{5}\.safetensors$")
+# What a capture writes: shards under a hookpoint directory (eval-*: format version 1), and
+# the manifest (+ its temp).
+_SHARD_NAME = re.compile(r"^(train|heldout|eval)-\d{5}\.safetensors$")
 
 
 def _remove_cache_files(out: Path) -> None:
@@ -246,7 +246,7 @@ def _write_split(
 ) -> dict[str, Any]:
     """Stream contexts through the model until every hookpoint has ``count`` tokens."""
     writers = {h: _ShardWriter(out, h, split, shard_tokens, count) for h in hookpoints}
-    batches = iter_context_batches(tokenizer, corpus, batch_size, ctx_len, _SPLITS[split], seed)
+    batches = iter_context_batches(tokenizer, corpus, batch_size, ctx_len, split, seed)
     bar = _progress(count, f"{split} tokens") if progress else None
     n_contexts, description, widths = 0, {}, {}
     sites = list(dict.fromkeys(s for h in hookpoints for s in _sites(h)))
