@@ -9,11 +9,11 @@ import torch
 from tiny_model import TEXTS, tiny_model, tiny_tokenizer
 
 from saekit.cli.common import Parser
+from saekit.data import open_stream
 from saekit.data.cache import (
     CacheError,
     CacheStream,
     load_manifest,
-    open_cache_stream,
     read_cache,
     verify_cache,
     write_cache,
@@ -257,10 +257,21 @@ def test_mismatched_and_missing_files(model, cache_dir, tmp_path):
         CacheStream(cache_dir, "model.layers.2")
 
 
-def test_open_cache_stream_spec(cache_dir):
-    stream = open_cache_stream(f"{cache_dir}@model.layers.3", batch_size=50, split="heldout")
+def test_open_a_cache_by_spec(cache_dir, tmp_path):
+    spec = f"cache:{cache_dir}@model.layers.3"
+    stream = open_stream(spec, batch_size=50, split="heldout")
     assert stream.hookpoint == "model.layers.3" and stream.n_tokens == 150
     assert stream.describe()["corpus"]["split"] == "heldout"
+    assert open_stream(f"{spec}#train", batch_size=50, split="heldout").n_tokens == 1000
+    # A cache without a held-out split: evaluation reads the train split, and says so.
+    (tmp_path / "@#odd").mkdir()
+    write_cache(tmp_path / "@#odd", tiny_model(), tiny_tokenizer(), CORPUS, HOOKS[:1], 100,
+                heldout_tokens=0, ctx_len=CTX)  # fmt: skip
+    with pytest.warns(UserWarning, match="no held-out split; reading its train split"):
+        stream = open_stream(f"cache:{tmp_path}/@#odd", batch_size=50, split="heldout")
+    assert stream.split == "train" and stream.n_tokens == 100
+    with pytest.raises(CacheError, match="no 'heldout' split"):
+        open_stream(f"cache:{tmp_path}/@#odd@{HOOKS[0]}#heldout", batch_size=50)
 
 
 LEGACY = Path(__file__).parent / "data" / "legacy" / "cache"  # see make_cache.py there

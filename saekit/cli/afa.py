@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from saekit.cli.common import UsageError, set_threads
-    from saekit.data.gradients import open_eval_stream
+    from saekit.data import open_stream
     from saekit.evaluation.afa import afa_diagnostic, zf_plot
     from saekit.formats.native import load
     from saekit.sae.selectors import TopK
@@ -45,7 +45,7 @@ def run(args) -> int:
         if args.mode == "topk" and "k" in sae.knobs:
             sae = sae.with_selector(TopK())  # a g-SAE's TopK view
         needs_grad = "grad" in sae.needs_extras
-        stream = open_eval_stream(spec, args.batch_size, args.seed, with_grad=needs_grad)
+        stream = open_stream(spec, args.batch_size, args.seed, "heldout", with_grad=needs_grad)
         if stream.d_in != sae.d_in:
             raise UsageError(f"{sae_dir}: SAE d_in={sae.d_in} but {spec} has d_in={stream.d_in}")
         q, summary = afa_diagnostic(sae, stream, args.tokens)

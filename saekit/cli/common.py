@@ -232,9 +232,8 @@ def check_cache_manifest(cache_dir: Path) -> None:
 
 def check_data_spec(spec: str) -> None:
     """Validate what a data spec points at, where that is a file we can check cheaply."""
-    kind, _, rest = spec.partition(":")
-    if kind == "cache" and rest:
-        path, at, _ = rest.rpartition("@")
-        if not at or Path(rest).is_dir():
-            path = rest
-        check_cache_manifest(Path(path))
+    from saekit.data.spec import parse_data_spec
+
+    data = parse_data_spec(spec)
+    if data.kind == "cache":
+        check_cache_manifest(Path(data.source))

@@ -561,7 +561,7 @@ def launch_torchrun(nproc: int) -> int:
 
 
 def _run(args, group) -> int:
-    from saekit.data import open_stream, split_hookpoints
+    from saekit.data import open_stream, parse_data_spec
     from saekit.sae import get_architecture, make_config
     from saekit.training.distributed import BroadcastStream, split_stream
     from saekit.training.logsinks import parse_sinks
@@ -591,10 +591,11 @@ def _run(args, group) -> int:
             settings = group.broadcast_object(settings if main else None)
     batch_size = int(settings["batch_size"])
     modules = group is not None and group.mode == "modules"
-    source_spec, hookpoints = split_hookpoints(settings["train_data"])
+    data = parse_data_spec(settings["train_data"])
+    hookpoints = list(data.hookpoints) if len(data.hookpoints) > 1 else []
     if hookpoints:  # several hookpoints: each rank reads its own from the shared cache
-        hookpoint, share = own_hookpoint(source_spec, hookpoints, group)
-        stream = open_stream(f"{source_spec}@{hookpoint}", batch_size, seed=int(settings["seed"]))
+        hookpoint, share = own_hookpoint(str(data), hookpoints, group)
+        stream = open_stream(data.with_hookpoint(hookpoint), batch_size, seed=int(settings["seed"]))
     elif modules:  # one reader, batches broadcast to every rank
         check_data_spec(settings["train_data"])
         source = (

@@ -32,8 +32,7 @@ from torch.nn import functional as F
 from saekit.data.corpora import TokenizedCorpus
 from saekit.data.hooks import SiteFn, Which, hook_sites
 from saekit.data.masking import DEFAULT_MASKING, Masking, predictions
-from saekit.data.model_stream import ModelStream, open_model_stream
-from saekit.data.splits import HELDOUT
+from saekit.data.model_stream import ModelStream
 from saekit.data.stream import Batch
 
 
@@ -222,44 +221,10 @@ class GradientModelStream(ModelStream):
         return {**super().describe(), "gradient": self.loss.describe()}
 
 
-def open_gradient_stream(
-    spec: str,
-    batch_size: int,
-    seed: int = 0,
-    split: str = "train",
-    corpus: str = "default",
-    n_contexts: int = 2048,
-    ctx_len: int = 128,
-    loss: DownstreamLoss | None = None,
-    **kwargs: Any,
-) -> GradientModelStream:
-    """``"<model>[@<hookpoint>]"`` -> GradientModelStream (as `open_model_stream`)."""
-    return open_model_stream(
-        spec, batch_size, seed, split, corpus, n_contexts, ctx_len,
-        stream_class=GradientModelStream, loss=loss, **kwargs,
-    )  # fmt: skip
-
-
-def open_eval_stream(
-    spec: str, batch_size: int, seed: int = 0, with_grad: bool = False, split: str = HELDOUT
-) -> Any:
-    """`saekit.data.open_stream`, except that ``with_grad`` turns a ``model:`` spec into a
-    GradientModelStream (caches carry "grad" when written with --with-grad; synthetic
-    recipes such as "readout" attach it themselves)."""
-    from saekit.data import open_stream
-
-    kind, _, rest = spec.partition(":")
-    if with_grad and kind == "model":
-        return open_gradient_stream(rest or "default", batch_size, seed, split=split)
-    return open_stream(spec, batch_size=batch_size, seed=seed, split=split)
-
-
 __all__ = [
     "DownstreamLoss",
     "GradientModelStream",
     "NextTokenCE",
     "PooledCosineLoss",
     "capture_gradients",
-    "open_eval_stream",
-    "open_gradient_stream",
 ]

@@ -211,26 +211,25 @@ def default_hookpoint(model: nn.Module) -> str:
 
 
 def open_model_stream(
-    spec: str,
+    model: str,
+    hookpoint: str | None,
     batch_size: int,
     seed: int = 0,
     split: str = "train",
+    stream_class: type[ModelStream] = ModelStream,
+    *,
     corpus: str = "default",
     n_contexts: int = 2048,
     ctx_len: int = 128,
-    stream_class: type[ModelStream] | None = None,
     **kwargs: Any,
 ) -> ModelStream:
-    """``"<model>[@<hookpoint>]"`` -> ModelStream (or `stream_class`, e.g. the gradient
-    stream) on the corpus' train or held-out split; the hookpoint defaults to the
-    middle decoder layer's output, and may be a pair ``SOURCE->TARGET`` (transcoders).
-    kwargs go to the stream class."""
-    name, at, hookpoint = spec.rpartition("@")
-    if not at:
-        name, hookpoint = spec, ""
-    if is_pair(hookpoint):
-        HookPair.parse(hookpoint)  # a malformed pair fails before the model loads
-    model, tokenizer = load_model_cached(name)
+    """A ModelStream (or ``stream_class``, e.g. the gradient stream) over ``n_contexts``
+    contexts of the corpus' train or held-out split, from the model named ``model``
+    (`saekit.data.models`, loaded once per process). The hookpoint defaults to the middle
+    decoder layer's output, and may be a pair ``SOURCE->TARGET`` (transcoders). kwargs go
+    to the stream class."""
+    lm, tokenizer = load_model_cached(model)
     contexts = tokenize_corpus(tokenizer, corpus, n_contexts, ctx_len, check_split(split), seed)
-    cls = stream_class or ModelStream
-    return cls(model, contexts, hookpoint or default_hookpoint(model), batch_size, seed, **kwargs)
+    return stream_class(
+        lm, contexts, hookpoint or default_hookpoint(lm), batch_size, seed, **kwargs
+    )

@@ -80,19 +80,18 @@ def plot_curves(metrics_path: Path, out: Path) -> Path | None:
 
 
 def write_run_report(out: Path, settings: dict[str, Any], eval_tokens: int) -> RunReport:
-    from saekit.data import open_stream, split_hookpoints
+    from saekit.data import open_stream, parse_data_spec
     from saekit.evaluation.evaluate import EvalSettings, evaluate_sae, model_source
     from saekit.formats.native import load
 
     results: dict[str, dict[str, Any]] = {}
     for sae_dir in sorted(p for p in (out / "saes").iterdir() if p.is_dir()):
         sae = load(sae_dir)
-        spec = settings.get("train_data", settings["data"])
-        source, hookpoints = split_hookpoints(spec)
-        if hookpoints:  # module-parallel over several hookpoints: this SAE's own
-            spec = f"{source}@{sae.metadata['data']['hookpoint']}"
+        data = parse_data_spec(settings.get("train_data", settings["data"]))
+        if len(data.hookpoints) > 1:  # module-parallel over several hookpoints: this SAE's own
+            data = data.with_hookpoint(sae.metadata["data"]["hookpoint"])
         stream = open_stream(
-            spec,
+            data,
             batch_size=int(settings["batch_size"]),
             seed=int(settings["seed"]),
             split="heldout",

@@ -10,17 +10,18 @@ from saekit.data.cache.format import (
     CacheError,
     load_manifest,
     read_cache,
+    split_names,
     verify_cache,
 )
-from saekit.data.cache.stream import CacheStream, open_cache_stream
+from saekit.data.cache.stream import CacheStream
 from saekit.data.cache.writer import write_cache
 
 __all__ = [
     "CacheError",
     "CacheStream",
     "load_manifest",
-    "open_cache_stream",
     "read_cache",
+    "split_names",
     "verify_cache",
     "write_cache",
 ]

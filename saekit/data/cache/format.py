@@ -128,6 +128,12 @@ def split_entry(entry: dict[str, Any], split: str, where: Any) -> dict[str, Any]
     return entry["splits"][split]
 
 
+def split_names(cache_dir: str | os.PathLike, hookpoint: str | None = None) -> list[str]:
+    """The splits a cache holds for ``hookpoint`` (None: its only hookpoint)."""
+    root = Path(cache_dir)
+    return list(hookpoint_entry(load_manifest(root), hookpoint, root)[1]["splits"])
+
+
 def check_shard_header(path: Path, shard: dict[str, Any], arrays: dict[str, Any]) -> None:
     """Size and header checks (cheap: no tensor data is read)."""
     if not path.is_file():

@@ -231,15 +231,3 @@ class CacheStream:
             "pool_shards": self.pool_shards,
             **pair,
         }
-
-
-def open_cache_stream(
-    spec: str, batch_size: int, seed: int = 0, split: str = "train", **kwargs: Any
-) -> CacheStream:
-    """``"<dir>[@<hookpoint>]"`` -> CacheStream (split "train" or "eval")."""
-    path, at, hookpoint = spec.rpartition("@")
-    if not at or Path(spec).is_dir():
-        path, hookpoint = spec, ""
-    return CacheStream(
-        path, hookpoint or None, batch_size=batch_size, seed=seed, split=split, **kwargs
-    )
