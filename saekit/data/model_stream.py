@@ -20,7 +20,6 @@ boundaries, so every batch is full except possibly the last one when loop=False.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,12 +31,7 @@ from saekit.data.hooks import HookPair, Which, capture, get_module, is_pair, par
 from saekit.data.masking import DEFAULT_MASKING, Masking
 from saekit.data.models import describe_model, load_model_cached
 from saekit.data.splits import check_split
-from saekit.data.stream import Batch
-
-
-def _generator(*parts: Any) -> torch.Generator:
-    key = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(key, "big") >> 1)
+from saekit.data.stream import Batch, seeded_generator
 
 
 class ModelStream:
@@ -103,14 +97,16 @@ class ModelStream:
         """The permuted masked rows of one chunk, as `_capture` returns them: [n, width]."""
         if self._buffer is not None and self._buffer[0] == (epoch, chunk):
             return self._buffer[1]
-        order = torch.randperm(len(self.contexts), generator=_generator(self.seed, epoch))
+        order = torch.randperm(len(self.contexts), generator=seeded_generator(self.seed, epoch))
         rows = order[chunk * self.contexts_per_chunk : (chunk + 1) * self.contexts_per_chunk]
         parts = [
             self._capture(self.contexts.subset(rows[i : i + self.forward_batch]))
             for i in range(0, len(rows), self.forward_batch)
         ]
         tokens = torch.cat(parts)
-        tokens = tokens[torch.randperm(len(tokens), generator=_generator(self.seed, epoch, chunk))]
+        tokens = tokens[
+            torch.randperm(len(tokens), generator=seeded_generator(self.seed, epoch, chunk))
+        ]
         self._buffer = ((epoch, chunk), tokens)
         return tokens
 

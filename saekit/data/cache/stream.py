@@ -4,7 +4,6 @@ bounded memory (see `CacheStream` for the guarantees)."""
 from __future__ import annotations
 
 import bisect
-import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,12 +22,7 @@ from saekit.data.cache.format import (
 )
 from saekit.data.hooks import HookPair
 from saekit.data.splits import check_split
-from saekit.data.stream import Batch
-
-
-def _seeded(*parts: Any) -> torch.Generator:
-    key = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(key, "big") >> 1)
+from saekit.data.stream import Batch, seeded_generator
 
 
 class CacheStream:
@@ -121,7 +115,9 @@ class CacheStream:
     # ---- epoch layout -------------------------------------------------------------------
     def _layout(self, epoch: int) -> tuple[list[int], list[int]]:
         """(shard order, start token of each pool + the end) for ``epoch``."""
-        order = torch.randperm(len(self.shards), generator=_seeded(self.seed, epoch)).tolist()
+        order = torch.randperm(
+            len(self.shards), generator=seeded_generator(self.seed, epoch)
+        ).tolist()
         starts = [0]
         for p in range(0, len(order), self.pool_shards):
             starts.append(
@@ -143,7 +139,7 @@ class CacheStream:
             loaded = [self._read(i) for i in shard_ids]
             joined = {k: torch.cat([t[k] for t in loaded]) for k in keep}
             n = joined["x"].shape[0]
-            perm = torch.randperm(n, generator=_seeded(self.seed, epoch, "pool", p))
+            perm = torch.randperm(n, generator=seeded_generator(self.seed, epoch, "pool", p))
             # Keep at most the previous pool (a batch can straddle two) and this one.
             self._pools = {key: v for key, v in self._pools.items() if key == (epoch, p - 1)}
             self._pools[(epoch, p)] = {k: v[perm] for k, v in joined.items()}
