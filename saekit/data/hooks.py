@@ -1,12 +1,15 @@
-"""Hookpoints: read module activations out of a model in one (truncated) forward pass.
+"""Hookpoints: read (or replace) module activations in a model's forward pass.
 
 A *hookpoint* is a module path from ``model.named_modules()`` (e.g. ``"model.layers.15"``
 for decoder layer 15 of a Llama-style model), read either at the module's output or its
 first input. A *site* names one of the two explicitly: ``"model.layers.6.mlp:in"`` (input)
 or ``"model.layers.6.mlp:out"`` (output); a bare path means the caller's default ``which``.
-``capture`` hooks several sites in one forward and stops the forward as soon as the last of
-them has fired (by raising a private exception from the hook), so capturing layer 7 of a
-30-layer model costs about 8 layers of compute.
+`hook_sites` is the one way into a model: it calls a function on each site's activation
+and lets it replace the activation. ``capture`` uses it to record several sites in one
+forward and stops the forward as soon as the last of them has fired (by raising a private
+exception from the hook), so capturing layer 7 of a 30-layer model costs about 8 layers of
+compute; splicing, steering and gradient capture (`saekit.data.gradients`) are other
+functions on the same sites.
 
 A *hookpoint pair* ``SOURCE->TARGET`` (`HookPair`) names the input and the reconstruction
 target of a transcoder, captured in the same forward: ``model.layers.6.mlp:in->out`` is the
