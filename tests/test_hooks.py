@@ -11,7 +11,7 @@ from saekit.data.hooks import (
     hook_sites,
     list_hookpoints,
 )
-from saekit.data.masking import token_mask
+from saekit.data.masking import Masking, predictions, token_mask
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +152,16 @@ def test_token_mask_padding_specials_first_and_outliers():
     acts[0, 3] *= 100  # one massive token
     keep = token_mask(ids, am, (1, 3), activations=acts, max_norm_factor=10.0)
     assert keep.tolist() == [[False, True, True, False, True], [False, False, False, True, True]]
+
+
+def test_masking_of_a_pair_and_the_counted_predictions():
+    ids = torch.tensor([[5, 6, 7, 2, 9, 8], [5, 6, 7, 8, 3, 3]])  # 2 = EOS, 3 = padding
+    am = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    source, target = torch.ones(2, 6, 4), torch.ones(2, 6, 4)
+    source[0, 1] *= 100  # an outlier of the source
+    target[1, 2] *= 100  # and one of the target: each drops the token from both
+    keep = Masking(max_norm_factor=10.0).keep(ids, am, (2, 3), [source, target])
+    assert keep.tolist() == [[0, 0, 1, 0, 1, 1], [0, 1, 0, 1, 0, 0]]
+    # predictions at kept tokens whose next token is attended; the last position has none
+    base = Masking().keep(ids, am, (2, 3))
+    assert predictions(base, am).tolist() == [[0, 1, 1, 0, 1, 0], [0, 1, 1, 0, 0, 0]]
