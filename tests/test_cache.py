@@ -93,6 +93,14 @@ def test_heldout_split_comes_from_heldout_documents(cache_dir):
     assert held and train.isdisjoint(held)
 
 
+def test_gradients_of_an_input_site(model, cache_dir, tmp_path):
+    """Layer 2's input is layer 1's output: the same tokens, values and gradients."""
+    write_cache(tmp_path, model, tiny_tokenizer(), CORPUS, ["model.layers.2"], 200,
+                heldout_tokens=0, ctx_len=CTX, batch_size=BATCH, which="input", with_grad=True)  # fmt: skip
+    got, want = read_cache(tmp_path), read_cache(cache_dir, HOOKS[0])
+    assert all(torch.equal(got[k], want[k][:200]) for k in ("x", "grad", "token_ids"))
+
+
 def test_reduced_precision_storage(model, tmp_path):
     write_cache(
         tmp_path / "fp32",

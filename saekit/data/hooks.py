@@ -256,6 +256,8 @@ def list_hookpoints(model: nn.Module, n_tokens: int = 4) -> list[tuple[str, int]
 
         return hook
 
+    # Not `hook_sites`: this probes every module, also those whose output holds no tensor,
+    # which hook_sites refuses.
     for name, module in model.named_modules():
         if name:
             handles.append(module.register_forward_hook(make_hook(name)))
