@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import tomllib
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -264,13 +264,12 @@ def text_arg_or_fail(value: str, key: str) -> None:
 
 def absolute_data_spec(spec: str) -> str:
     """cache:DIR with DIR made absolute, so a run resumes from any working directory."""
-    kind, colon, rest = spec.partition(":")
-    if kind != "cache" or not rest:
+    from saekit.data.spec import parse_data_spec
+
+    data = parse_data_spec(spec)
+    if data.kind != "cache":
         return spec
-    path, at, hookpoint = rest.rpartition("@")
-    if not at or Path(rest).is_dir():
-        path, at, hookpoint = rest, "", ""
-    return f"cache:{Path(path).resolve()}{at}{hookpoint}"
+    return str(replace(data, source=str(Path(data.source).resolve())))
 
 
 def check_memory(runs: dict[str, tuple[str, dict[str, Any]]], d_in: int) -> None:
@@ -395,14 +394,13 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
     from saekit.data.masking import Masking
     from saekit.data.model_stream import default_hookpoint
     from saekit.data.models import load_model_cached
+    from saekit.data.spec import parse_data_spec
 
-    name, at, hookpoint = spec[len("model:") :].rpartition("@")
-    if not at:
-        name, hookpoint = spec[len("model:") :], ""
-    name = name or "default"
+    data = parse_data_spec(spec)  # a malformed pair fails here, before any load
+    name = data.source
     # Several hookpoints (module parallelism) are captured in the same forward.
-    hookpoints = [canonical_hookpoint(h) for h in hookpoint.split(",")] if hookpoint else [""]
-    hookpoint = hookpoints[0]  # a malformed pair fails above, before any load
+    hookpoints = [canonical_hookpoint(h) for h in data.hookpoints] or [""]
+    hookpoint = hookpoints[0]
     from saekit.sae import get_architecture
 
     # g-SAE trains on the downstream-loss gradient: store it beside x (full forward + backward).
@@ -450,16 +448,16 @@ def prepare_data(settings: dict[str, Any], out: Path) -> str:
 
 def _in_run(spec: str, out: Path) -> str | None:
     """The cache path of `spec` relative to the run directory when it lies inside it."""
-    if not spec.startswith("cache:"):
+    from saekit.data.spec import parse_data_spec
+
+    data = parse_data_spec(spec)
+    if data.kind != "cache":
         return None
-    path, at, hookpoint = spec[len("cache:") :].rpartition("@")
-    if not at:
-        path, hookpoint = spec[len("cache:") :], ""
     try:
-        rel = Path(path).resolve().relative_to(out.resolve())
+        rel = Path(data.source).resolve().relative_to(out.resolve())
     except ValueError:
         return None
-    return f"{rel}@{hookpoint}" if hookpoint else str(rel)
+    return str(replace(data, source=str(rel))).removeprefix("cache:")
 
 
 def read_run_file(run_dir: Path) -> dict[str, Any]:

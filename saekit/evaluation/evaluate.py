@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from saekit.data.spec import parse_data_spec
 from saekit.data.stream import ActivationStream
 from saekit.evaluation.metrics import (
     ReconstructionMetrics,
@@ -109,10 +110,9 @@ def model_source(sae: SAE, data_spec: str | None = None) -> ModelSource | None:
         if name:
             return _source(str(name), desc["hookpoint"], desc.get("which", "output"))
     spec = data_spec or getattr(sae, "metadata", {}).get("training", {}).get("data_spec")
-    if spec and spec.startswith("model:"):
-        name, at, hook = spec[len("model:") :].rpartition("@")
-        if at and hook:
-            return _source(name or "default", hook)
+    data = parse_data_spec(spec) if spec else None
+    if data is not None and data.kind == "model" and len(data.hookpoints) == 1:
+        return _source(data.source, data.hookpoints[0])
     return None
 
 
