@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from saekit.data.hooks import canonical_hookpoint
-from saekit.data.splits import HELDOUT
+from saekit.data.splits import HELDOUT, check_split
 
 CACHE_FORMAT = "saekit-activation-cache"
 FORMAT_VERSION = 2
@@ -123,7 +123,7 @@ def hookpoint_entry(manifest: dict[str, Any], hookpoint: str | None, where: Any)
 
 
 def split_entry(entry: dict[str, Any], split: str, where: Any) -> dict[str, Any]:
-    if split not in entry["splits"]:
+    if check_split(split) not in entry["splits"]:
         raise CacheError(f"{where} has no {split!r} split (it holds {list(entry['splits'])})")
     return entry["splits"][split]
 

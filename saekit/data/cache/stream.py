@@ -21,7 +21,6 @@ from saekit.data.cache.format import (
     split_entry,
 )
 from saekit.data.hooks import HookPair
-from saekit.data.splits import check_split
 from saekit.data.stream import Batch, seeded_generator
 
 
@@ -69,7 +68,7 @@ class CacheStream:
         self.root = Path(cache_dir)
         self.manifest = load_manifest(self.root)
         self.hookpoint, entry = hookpoint_entry(self.manifest, hookpoint, self.root)
-        self.split = check_split(split)
+        self.split = split
         self.shards = split_entry(entry, split, self.root)["shards"]
         if not self.shards:
             raise CacheError(f"{self.root}: the {split!r} split of {self.hookpoint} is empty")
