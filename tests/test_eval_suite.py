@@ -339,3 +339,22 @@ def test_all_means_every_group():
 
     assert parse_groups("all") == GROUPS
     assert set(GROUPS) >= {"spliced", "steering", "afa", "adaptive"}
+
+
+def test_inference_variants_of_a_gsae_saved_in_topk_mode():
+    """The gradient variant uses the gradient even when the g-SAE was saved with
+    inference="topk" (its plain encode), and leaves that SAE's config alone."""
+    from saekit.evaluation.base import inference_variants
+
+    gen = torch.Generator().manual_seed(0)
+    x, g = torch.randn(16, 8, generator=gen), 10 * torch.randn(16, 8, generator=gen)
+    trained = saekit.create("gsae", d_in=8, n_latents=32, k=2, seed=2, beta=5.0)
+    saved = saekit.create("gsae", d_in=8, n_latents=32, k=2, seed=2, beta=5.0, inference="topk")
+    topk, gradient = inference_variants(saved)
+    with torch.no_grad():
+        assert torch.equal(gradient.reconstruct(x, g)[1], trained.encode(x, extras={"grad": g}))
+        assert torch.equal(topk.reconstruct(x)[1], saved.encode(x))
+    assert saved.cfg.inference == "topk" and gradient.label_informed
+    assert [v.name for v in inference_variants(saekit.create("relu", d_in=8, n_latents=4))] == [
+        "sae"
+    ]

@@ -8,7 +8,10 @@ runs them in `GROUPS` order and assembles the document (docs/eval-schema.md).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -115,9 +118,13 @@ def inference_variants(sae: SAE) -> list[InferenceVariant]:
     if set(sae.needs_extras) == {"grad"} and "k" in sae.knobs:
         from saekit.sae.selectors import TopK
 
+        gradient = sae
+        if getattr(sae.cfg, "inference", "gradient") != "gradient":  # saved with inference=topk
+            gradient = copy.copy(sae)
+            gradient.cfg = dataclasses.replace(sae.cfg, inference="gradient")
         return [
             InferenceVariant("topk", sae.with_selector(TopK())),
-            InferenceVariant("gradient", sae, label_informed=True),
+            InferenceVariant("gradient", gradient, label_informed=True),
         ]
     raise Skip(f"{sae.architecture} needs per-token extras ({', '.join(sae.needs_extras)})")
 
@@ -146,7 +153,7 @@ class EvalRun:
     sample: torch.Tensor | None = None
     density: torch.Tensor | None = None
 
-    @property
+    @cached_property
     def variants(self) -> list[InferenceVariant]:
         return inference_variants(self.sae)
 
