@@ -80,6 +80,122 @@ def site(tmp_path_factory):
     server.server_close()
 
 
+# One context as SmolLM2's byte-level BPE splits it: "Crucial" is three tokens and " begged"
+# two; a token's leading space is part of its text, and "\n" is a token of its own.
+WORD_PIECES = ["C", "ru", "cial", " point", ":", " I", " be", "gged", "\n", "Next"]
+WORD_ACTS = [0.0, 0.5, 3.0, 1.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0]
+WORD_CENTRE = 2
+
+
+def write_word_store(root: Path) -> Path:
+    """A one-latent browser store (format version 2, the files build() writes) whose top
+    example is the context above, so the test controls exactly which tokens are drawn."""
+    root.mkdir(parents=True)
+    ids = list(range(100, 100 + len(WORD_PIECES)))
+    window = [[p, v] for p, v in enumerate(WORD_ACTS) if v]
+    detail = {
+        "id": 0,
+        "count": len(window),
+        "density": 0.4,
+        "max_act": max(WORD_ACTS),
+        "min_act": 0.5,
+        "mean_act": 1.625,
+        "top": [[0, WORD_CENTRE, window]],
+        "quantiles": [],
+        "hist": {"edges": [0.0, 1.5, 3.0], "counts": [2, 2]},
+        "top_tokens": [[ids[WORD_CENTRE], 0.4, 1]],
+        "neighbours": [],
+        "simulator_r": None,
+    }
+    files = {
+        "meta": {
+            "format": "saekit-browser",
+            "format_version": 2,
+            "model": "smollm2-135m",
+            "hookpoint": "model.layers.6",
+            "which": "output",
+            "sae": {"name": "words", "architecture": "topk", "n_latents": 1, "path": None},
+            "settings": {"shard_size": 256, "before": 10, "after": 8},
+        },
+        "index": {
+            "density": [0.4],
+            "max_act": [3.0],
+            "mean_act": [1.625],
+            "top_tokens": [["cial"]],
+            "logit_top": [[]],
+            "simulator_r": [None],
+        },
+        "tokens": {str(t): piece for t, piece in zip(ids, WORD_PIECES)},
+        "contexts": [ids],
+        "pieces": [WORD_PIECES],
+    }
+    for name, obj in files.items():
+        (root / f"{name}.json").write_text(json.dumps(obj))
+    (root / "latents").mkdir()
+    (root / "latents" / "00000.json").write_text(json.dumps([detail]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def word_site(tmp_path_factory):
+    from saekit.viewer.server import make_server, serve_in_thread
+
+    server = make_server(write_word_store(tmp_path_factory.mktemp("words") / "browser"), port=0)
+    serve_in_thread(server)
+    yield server.url
+    server.shutdown()
+    server.server_close()
+
+
+# Boxes and text of every token of the first top example, and the width of `probe` words
+# drawn as one plain string in the same place (same font, same white-space rule).
+GEOMETRY_JS = """
+const text = document.querySelector('#top-examples .example .text');
+const spans = [...text.querySelectorAll(':scope > .tok')];
+const width = (s) => {
+  const probe = document.createElement('span');
+  probe.className = 'tok';
+  probe.textContent = s;
+  text.append(probe);
+  const w = probe.getBoundingClientRect().width;
+  probe.remove();
+  return w;
+};
+return {
+  boxes: spans.map((s) => { const r = s.getBoundingClientRect();
+                            return [r.left, r.right, r.top, r.bottom]; }),
+  texts: spans.map((s) => s.textContent),
+  backgrounds: spans.map((s) => getComputedStyle(s).backgroundColor),
+  inner: text.innerText,
+  probes: Object.fromEntries(arguments[0].map((s) => [s, width(s)])),
+};
+"""
+
+
+def test_multi_token_word_renders_as_one_word(browser, word_site, tmp_path):
+    browser.get(word_site + "#/latent/0")
+    wait(browser, "#top-examples .example .tok")
+    g = browser.execute_script(GEOMETRY_JS, ["Crucial", " point", " begged"])
+    shot(browser, tmp_path, "browser_word")
+    assert g["texts"] == ["C", "ru", "cial", " point", ":", " I", " be", "gged", "↵", "Next"]
+    # Read as text: the pieces join with nothing between them, a newline is one glyph.
+    assert g["inner"] == "Crucial point: I begged↵Next"
+    boxes = g["boxes"]
+    assert len({round(b[2]) for b in boxes}) == 1  # one line
+    for left, right in zip(boxes, boxes[1:]):
+        assert right[0] == pytest.approx(left[1], abs=0.5)  # adjacent boxes touch
+    # Touching boxes could still hold padding: the tokens of a word must be exactly as wide as
+    # the word drawn as one string, and a leading space exactly as wide as a space.
+    width = [b[1] - b[0] for b in boxes]
+    assert sum(width[:3]) == pytest.approx(g["probes"]["Crucial"], abs=0.5)
+    assert width[3] == pytest.approx(g["probes"][" point"], abs=0.5)
+    assert width[6] + width[7] == pytest.approx(g["probes"][" begged"], abs=0.5)
+    # The shading is the token's activation: exactly the active tokens are shaded.
+    clear = ("rgba(0, 0, 0, 0)", "transparent")
+    assert [bg not in clear for bg in g["backgrounds"]] == [v != 0 for v in WORD_ACTS]
+    assert not severe_console_errors(browser)
+
+
 def shot(driver, tmp_path, name):
     path = tmp_path / f"{name}.png"
     driver.save_screenshot(str(path))
@@ -150,6 +266,18 @@ def test_latent_page_shows_highlighted_contexts(browser, site, tmp_path):
         if t.value_of_css_property("background-color") not in ("rgba(0, 0, 0, 0)", "transparent")
     ]
     assert shaded
+    # Each example reads as its context's decoded text (byte-level BPE: no "Ġ"/"Ċ" symbols).
+    latent_id = browser.current_url.rsplit("/", 1)[1]
+    api = json.loads(
+        browser.execute_async_script(
+            f"const done = arguments[0]; fetch('/api/latent/{latent_id}').then(r => r.text()).then(done);"
+        )
+    )
+    shown = browser.execute_script(
+        "return [...document.querySelectorAll('#top-examples .text')].map((t) => t.innerText)"
+    )
+    assert shown == ["".join(ex["tokens"]).replace("\n", "↵") for ex in api["top"]]
+    assert not any("Ġ" in t or "Ċ" in t for t in shown)
     assert browser.find_elements(By.CSS_SELECTOR, "svg.hist rect")
     assert browser.find_elements(By.CSS_SELECTOR, "#logit-lens .chip")
     assert browser.find_elements(By.CSS_SELECTOR, "#quantiles .example")

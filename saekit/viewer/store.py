@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from saekit.viewer.build import DATA_FORMAT
+from saekit.viewer.build import DATA_FORMAT, DATA_VERSION
+from saekit.viewer.text import text_pieces
 
 SORT_KEYS = ("id", "density", "max_act", "mean_act", "simulator_r")
 MAX_PER_PAGE = 200
@@ -56,9 +57,20 @@ class BrowserData:
         self.meta = json.loads(meta_file.read_text())
         if self.meta.get("format") != DATA_FORMAT:
             raise ValueError(f"{self.root}: not a saekit browser data directory")
+        version = self.meta.get("format_version", 1)
+        if not isinstance(version, int) or version > DATA_VERSION:
+            raise ValueError(
+                f"{meta_file}: format_version {version!r}; this saekit reads 1 to {DATA_VERSION}"
+                " (rebuild with: saekit browse <sae_dir> --build)"
+            )
         self.index = json.loads((self.root / "index.json").read_text())
         self.tokens: dict[str, str] = json.loads((self.root / "tokens.json").read_text())
         self.contexts: list[list[int]] = json.loads((self.root / "contexts.json").read_text())
+        # Version 1 stores have no pieces: their contexts show each token decoded alone.
+        pieces_file = self.root / "pieces.json"
+        self.pieces: list[list[str]] | None = (
+            json.loads(pieces_file.read_text()) if pieces_file.is_file() else None
+        )
         self.n_latents = int(self.meta["sae"]["n_latents"])
         self.shard_size = int(self.meta["settings"]["shard_size"])
         # One string per latent; \x00 keeps a query from matching across two tokens.
@@ -163,9 +175,12 @@ class BrowserData:
         lo = max(0, pos - s["before"])
         hi = min(len(self.contexts[ctx]) - 1, pos + s["after"])
         acts = dict((p, v) for p, v in window)
-        ids = self.contexts[ctx][lo : hi + 1]
+        if self.pieces is not None:
+            text = self.pieces[ctx][lo : hi + 1]
+        else:
+            text = [self.tokens.get(str(t), "?") for t in self.contexts[ctx][lo : hi + 1]]
         return {
-            "tokens": [self.tokens.get(str(t), "?") for t in ids],
+            "tokens": text,
             "acts": [acts.get(p, 0.0) for p in range(lo, hi + 1)],
             "center": pos - lo,
         }
@@ -194,8 +209,8 @@ class LiveEncoder:
         return self._loaded
 
     def activate(self, text: str, top: int = 5, focus: int | None = None) -> dict[str, Any]:
-        """Per token: its string, whether the SAE sees it, and its `top` latents by value;
-        with `focus`, that latent's value at every token too."""
+        """Per token: the text it adds (text_pieces), whether the SAE sees it, and its `top`
+        latents by value; with `focus`, that latent's value at every token too."""
         import torch
 
         from saekit.data.hooks import capture, token_mask
@@ -217,11 +232,9 @@ class LiveEncoder:
             keep = token_mask(input_ids, am, sorted(specials))[0]
         values, latents = codes.topk(min(top, codes.shape[1]), dim=-1)
         out = []
-        for p, t in enumerate(ids):
+        for p, piece in enumerate(text_pieces(tok, ids)):
             row = [[int(j), round(float(v), 4)] for j, v in zip(latents[p], values[p]) if v != 0]
-            out.append(
-                {"token": tok.decode([t]), "kept": bool(keep[p]), "latents": row if keep[p] else []}
-            )
+            out.append({"token": piece, "kept": bool(keep[p]), "latents": row if keep[p] else []})
         totals: dict[int, float] = {}
         for r in out:
             for j, v in r["latents"]:

@@ -45,9 +45,31 @@ function pct(v) {
   return (p >= 1 ? p.toFixed(2) : p.toPrecision(2)) + "%";
 }
 
+const NEWLINE = "↵";  // one glyph for a line break, in chips and in running text alike
+
 function showToken(s) {
-  // Make whitespace visible in chips (not in examples, which keep the text as it reads).
-  return s.replace(/ /g, "␣").replace(/\n/g, "⏎").replace(/\t/g, "⇥") || "∅";
+  // A chip is a token on its own, so its whitespace is made visible.
+  return s.replace(/ /g, "␣").replace(/\r\n|\r|\n/g, NEWLINE).replace(/\t/g, "⇥") || "∅";
+}
+
+// A token inside running text. Its text is exactly the piece it adds to the decoded context
+// (leading space included), with no padding or border, so the pieces of one word join into
+// the word and the shading covers the token's own text. A line break is drawn as a glyph
+// instead of breaking the line: a newline token can carry an activation, and a 15-token
+// window split over several lines is harder to read. Tokens that only hold the first bytes of
+// a character have an empty piece (text.py); when shaded they show as a thin sliver.
+function tokenSpan(piece, value, max, cls = "") {
+  const span = el("span", { class: ("tok " + cls).trim() });
+  piece.split(/\r\n|\r|\n/).forEach((part, i) => {
+    if (i > 0) span.append(el("span", { class: "nl", text: NEWLINE }));
+    if (part) span.append(part);
+  });
+  if (!piece) {
+    span.classList.add("part");
+    if (value) span.classList.add("sliver");
+  }
+  shade(span, value, max);
+  return span;
 }
 
 function chip(s, cls = "chip") {
@@ -169,8 +191,7 @@ async function renderList(params) {
 function exampleRow(ex, max) {
   const text = el("span", { class: "text" });
   ex.tokens.forEach((t, i) => {
-    const span = el("span", { class: "tok" + (i === ex.center ? " center" : ""), text: t.replace(/\n/g, "⏎\n") });
-    shade(span, ex.acts[i], max);
+    const span = tokenSpan(t, ex.acts[i], max, i === ex.center ? "center" : "");
     if (ex.acts[i]) span.title = `activation ${fmt(ex.acts[i])}`;
     text.append(span);
   });
@@ -271,8 +292,7 @@ function tryBox(latent, max) {
     try {
       const r = await api("/api/activate", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text: input.value, latent }) });
       out.replaceChildren(...r.tokens.map((t, i) => {
-        const s = el("span", { class: "tok" + (t.kept ? "" : " masked"), text: t.token });
-        shade(s, r.focus.acts[i], max);
+        const s = tokenSpan(t.token, r.focus.acts[i], max, t.kept ? "" : "masked");
         s.title = `activation ${fmt(r.focus.acts[i])}`;
         return s;
       }));
@@ -317,8 +337,7 @@ function renderTry() {
             : el("p", { class: "muted", text: "No latent fires here." }));
     };
     tokens.replaceChildren(...r.tokens.map((t) => {
-      const span = el("span", { class: "tok" + (t.kept ? "" : " masked"), text: t.token });
-      if (t.latents[0]) shade(span, t.latents[0][1], max);
+      const span = tokenSpan(t.token, t.latents[0] ? t.latents[0][1] : 0, max, t.kept ? "" : "masked");
       span.title = t.latents.map(([j, v]) => `#${j}: ${fmt(v)}`).join("\n") || "no latent";
       span.addEventListener("click", () => show(t, span));
       return span;
