@@ -107,20 +107,24 @@ def main() -> None:
         rows[m.name] = {
             "fvu": r["fvu"], "l0_mean": r["l0"], "l0_median": float(l0.median()),
             "l0_max": float(l0.max()), "frac_dead": r["frac_dead"],
-            "cap_frac": m.last.get("cap_frac"), "median_eps_lbo_h": afa["median_eps_lbo_h"],
+            "cap_frac": m.last.get("cap_frac"),
+            "median_eps_lbo_width": afa["median_eps_lbo_width"],
+            "median_eps_lbo_active": afa["median_eps_lbo_active"],
             "median_eps_lbo_l1": afa["median_eps_lbo_l1"],
             "frac_over": afa["frac_over_activated"], "frac_under": afa["frac_under_activated"],
         }  # fmt: skip
     print(f"{len(x) - HELD_OUT} train tokens, {args.steps} steps x {args.batch_size}, "
           f"n_latents {args.n_latents}, {HELD_OUT} held-out tokens, {seconds:.0f} s\n")  # fmt: skip
     print(
-        "| SAE | FVU | mean L0 | median L0 | max L0 | dead % | ε_LBO (h−1) | ε_LBO (ℓ1) | over % | under % |"
+        "| SAE | FVU | mean L0 | median L0 | max L0 | dead % | ε_LBO width | ε_LBO active | "
+        "ε_LBO (ℓ1) | over % | under % |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, r in rows.items():
         print(f"| {n} | {r['fvu']:.3f} | {r['l0_mean']:.1f} | {r['l0_median']:.0f} | "
-              f"{r['l0_max']:.0f} | {r['frac_dead']:.1%} | {r['median_eps_lbo_h']:.4f} | "
-              f"{r['median_eps_lbo_l1']:.4f} | {r['frac_over']:.1%} | {r['frac_under']:.1%} |")  # fmt: skip
+              f"{r['l0_max']:.0f} | {r['frac_dead']:.1%} | {r['median_eps_lbo_width']:.3g} | "
+              f"{r['median_eps_lbo_active']:.4f} | {r['median_eps_lbo_l1']:.4f} | "
+              f"{r['frac_over']:.1%} | {r['frac_under']:.1%} |")  # fmt: skip
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({"args": vars(args), "rows": rows, "seconds": seconds}, fh, indent=1)

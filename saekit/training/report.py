@@ -9,18 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-HEADLINE = [
-    ("fvu", "core", "FVU"),
-    ("l0", "core", "L0"),
-    ("frac_dead", "core", "dead frac"),
-    ("cosine", "core", "cos(x, x̂)"),
-    ("mmcs_gt_to_learned", "synthetic", "MMCS"),
-    ("hungarian_mcc", "synthetic", "MCC"),
-    ("frr_0.9", "synthetic", "FRR@0.9"),
-    ("ce_loss_score", "spliced", "CE score"),
-    ("kl_div_score", "spliced", "KL score"),
-]
-
 
 @dataclass
 class RunReport:
@@ -31,23 +19,10 @@ class RunReport:
     results: dict[str, dict[str, Any]]
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def table(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    cols = [
-        (key, group, label)
-        for key, group, label in HEADLINE
-        if any(key in r.get(group, {}) for r in results.values())
-    ]
-    header = ["SAE", *(label for _, _, label in cols)]
-    rows = [
-        [name, *(_fmt(r.get(g, {}).get(k, "")) for k, g, _ in cols)] for name, r in results.items()
-    ]
-    return header, rows
+    from saekit.evaluation.tables import run_summary_table
+
+    return run_summary_table(results)
 
 
 def plot_curves(metrics_path: Path, out: Path) -> Path | None:

@@ -17,11 +17,15 @@ LOSS_TARGETS = ("input", "centred")
 @dataclass
 class TopAFAConfig(EncoderConfig):
     """rule: "nearest" or "first_exceed". k_max: cap on latents kept per token (effective
-    cap min(k_max, n_latents − 1)). afa_coeff: λ_AFA in the reference's units. loss_target:
-    "input" (un-centred ‖x‖, the reference) or "centred" (‖x − b_dec‖)."""
+    cap min(k_max, n_latents − 1), the reference's own limit); the default is far above the
+    L0 top-AFA reaches on LM activations (a cap of 512 bound on SmolLM2 at 2,304 latents),
+    so it rarely binds; the share of capped tokens is the selector's "cap_frac", reported by
+    training and evaluation. Saved SAEs keep the k_max they were trained with. afa_coeff:
+    λ_AFA in the reference's units. loss_target: "input" (un-centred ‖x‖, the reference) or
+    "centred" (‖x − b_dec‖)."""
 
     rule: str = "nearest"
-    k_max: int = 512
+    k_max: int = 4096
     afa_coeff: float = 1 / 32
     loss_target: str = "input"
     k_aux: int | None = None  # default d_in // 2, as TopK
