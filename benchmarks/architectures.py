@@ -82,7 +82,7 @@ def train_one(arch: str, opts: dict, stream, d_in: int, args) -> tuple:
 
 
 def run_real(args) -> None:
-    from saekit.data.cache import open_cache_stream
+    from saekit.data import open_stream
     from saekit.evaluation.evaluate import EvalSettings, ModelSource, evaluate_sae
 
     out = args.out or RESULTS / "architectures_real.jsonl"
@@ -99,9 +99,9 @@ def run_real(args) -> None:
                 if key in done:
                     continue
                 print(f"{key}: training", flush=True)
-                stream = open_cache_stream(str(args.cache), args.batch, seed=args.seed)
+                stream = open_stream(f"cache:{args.cache}", args.batch, seed=args.seed)
                 sae, tokens_per_s, dead = train_one(arch, opts, stream, stream.d_in, args)
-                held_out = open_cache_stream(str(args.cache), 4096, seed=0, split="eval")
+                held_out = open_stream(f"cache:{args.cache}", 4096, seed=0, split="heldout")
                 doc = evaluate_sae(sae, held_out, settings, source=source, shared=shared)
                 core, spliced = doc.get("core", {}), doc.get("spliced", {})
                 row = dict(
@@ -120,12 +120,12 @@ def run_real(args) -> None:
 def run_transcoders(args) -> None:
     """TopK and skip transcoders at k = --l0, and a JumpReLU transcoder, on a paired cache:
     FVU of the target (the MLP's output) and CE with the MLP replaced by the transcoder."""
-    from saekit.data.cache import open_cache_stream
+    from saekit.data import open_stream
     from saekit.evaluation.evaluate import EvalSettings, evaluate_sae, model_source
 
     out = args.out or RESULTS / "architectures_transcoders.jsonl"
     done = done_keys(out)
-    spec = f"{args.pair_cache}@{args.pair}"
+    spec = f"cache:{args.pair_cache}@{args.pair}"
     settings = EvalSettings(groups=("core", "spliced"), n_tokens=args.eval_tokens)
     shared: dict = {}
     runs = [(a, {"k": l0}, l0) for l0 in args.l0 for a in TRANSCODERS]
@@ -135,10 +135,10 @@ def run_transcoders(args) -> None:
         if key in done:
             continue
         print(f"{key}: training", flush=True)
-        stream = open_cache_stream(spec, args.batch, seed=args.seed)
+        stream = open_stream(spec, args.batch, seed=args.seed)
         opts = {**opts, "d_out": stream.d_out}
         sae, tokens_per_s, dead = train_one(arch, opts, stream, stream.d_in, args)
-        held_out = open_cache_stream(spec, 4096, seed=0, split="eval")
+        held_out = open_stream(spec, 4096, seed=0, split="heldout")
         source = model_source(sae, data_spec=f"model:default@{args.pair}")
         doc = evaluate_sae(sae, held_out, settings, source=source, shared=shared)
         core, spliced = doc.get("core", {}), doc.get("spliced", {})

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from saekit.data.gradients import open_gradient_stream
+from saekit.data import open_stream
 
 
 def main() -> None:
@@ -29,9 +29,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     torch.set_num_threads(1)
-    spec = f"{args.model}@{args.hookpoint}"
-    stream = open_gradient_stream(
-        spec, batch_size=4096, seed=args.seed, n_contexts=args.contexts, ctx_len=args.ctx_len,
+    spec = f"model:{args.model}@{args.hookpoint}"
+    stream = open_stream(
+        spec, batch_size=4096, with_grad=True, seed=args.seed, n_contexts=args.contexts, ctx_len=args.ctx_len,
         contexts_per_chunk=16, forward_batch=8, loop=False,
     )  # fmt: skip
     start = time.perf_counter()

@@ -6,9 +6,11 @@
 Trains, on the collected (x, grad) pairs and in one Trainer (same batches for all):
 TopK at k in --ks; g-SAE at the same ks with β = --beta; g-SAE at k = --sweep-k for every β
 in --betas; top-AFA for every λ in --afa-coeffs. Saves the SAEs (raw units) under
-<out>/saes, then runs the `saekit gsae` evaluation on held-out contexts (FVU, L0, dead %,
-spliced CE/KL scores, steering effect) and writes <out>/report/{results.json,table.md,
-gsae.png} plus the AFA diagnostic of every SAE (<out>/afa/<name>/{afa.json,zf.png}).
+<out>/saes, then evaluates them as `saekit eval -g core,spliced,afa,steering` does: core and
+afa on the last 4,096 collected tokens (held out from training), spliced CE/KL (g-SAE in
+both inference modes, the gradient one label-informed) and the steering effect on held-out
+contexts. Writes <out>/report/results.json (every eval document) and report.html (tables'
+figures) and prints the tables.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from saekit.data.stream import TensorStream
 from saekit.formats import native
 from saekit.sae import create
 from saekit.training.trainer import TrainConfig, Trainer
+
+HELD_OUT = 4096
 
 
 def build_saes(args, d_in: int) -> dict:
@@ -68,9 +72,9 @@ def main() -> None:
     hookpoint = describe["hookpoint"]
     sae_dir = args.out / "saes"
     if not args.skip_train:
-        # The last 4,096 pairs are held out for the AFA diagnostic below.
-        stream = TensorStream(data["x"][:-4096], args.batch_size, seed=args.seed,
-                              extras={"grad": data["grad"][:-4096]}, description=describe)  # fmt: skip
+        # The last HELD_OUT pairs are held out for the evaluation below.
+        stream = TensorStream(data["x"][:-HELD_OUT], args.batch_size, seed=args.seed,
+                              extras={"grad": data["grad"][:-HELD_OUT]}, description=describe)  # fmt: skip
         saes = build_saes(args, stream.d_in)
         cfg = TrainConfig(steps=args.steps, progress_bar=False, log_every=50,
                           dead_window_tokens=len(data["x"]))  # fmt: skip
@@ -81,41 +85,29 @@ def main() -> None:
         print(json.dumps({k: {m: round(v, 4) for m, v in r.items()} for k, r in last.items()}))
     names = sorted(p.name for p in sae_dir.iterdir())
 
-    from saekit.cli.gsae import evaluate, table, write_report
-    from saekit.data.corpora import tokenize_corpus
-    from saekit.data.models import load_model
-    from saekit.evaluation.afa import afa_diagnostic, zf_plot
+    from saekit.evaluation import tables
+    from saekit.evaluation.comparison import write_report
+    from saekit.evaluation.evaluate import EvalSettings, ModelSource, evaluate_sae
 
     saes = {n: native.load(sae_dir / n) for n in names}
-    model, tok = load_model("default")
-    n_ctx = args.eval_contexts + 8
-    ctx = tokenize_corpus(tok, "default", n_ctx, 128, "heldout", args.seed)
+    source = ModelSource("default", hookpoint)
+    settings = EvalSettings(
+        groups=("core", "spliced", "afa", "steering"), n_tokens=HELD_OUT, sample_tokens=HELD_OUT,
+        spliced_contexts=args.eval_contexts, steer_latents=args.steer_latents,
+        steer_contexts=args.steer_contexts, kappa=0.5, seed=args.seed,
+    )  # fmt: skip
+    shared: dict = {}
     start = time.perf_counter()
-    results = evaluate(saes, model, ctx, hookpoint, args.eval_contexts, args.steer_latents,
-                       args.steer_contexts, kappa=0.5, seed=args.seed)  # fmt: skip
-    results["_meta"] = {"hookpoint": hookpoint, "eval_contexts": args.eval_contexts,
-                        "train_tokens": len(data["x"]), "steps": args.steps,
-                        "batch_size": args.batch_size, "n_latents": args.n_latents,
-                        "eval_seconds": time.perf_counter() - start}  # fmt: skip
-    write_report(results, args.out / "report")
-    print(table(results))
-
-    # AFA diagnostic of every SAE on the 4,096 held-out pairs.
-    x, g = data["x"][-4096:], data["grad"][-4096:]
-    afa_rows = {}
+    docs = {}
     for n, sae in saes.items():
-        stream = TensorStream(x, 1024, shuffle=False, loop=False, extras={"grad": g})
-        q, summary = afa_diagnostic(sae, stream, 4096)
-        zf_plot(q, args.out / "afa" / n / "zf.png", title=n)
-        (args.out / "afa" / n).mkdir(parents=True, exist_ok=True)
-        (args.out / "afa" / n / "afa.json").write_text(json.dumps(summary, indent=2))
-        afa_rows[n] = summary
-    print("\n| SAE | median ε_LBO (h−1) | median ε_LBO (ℓ1) | over % | under % | mean h |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for n, s in afa_rows.items():
-        print(f"| {n} | {s['median_eps_lbo_h']:.4f} | {s['median_eps_lbo_l1']:.4f} | "
-              f"{s['frac_over_activated']:.1%} | {s['frac_under_activated']:.1%} | "
-              f"{s['mean_n_atoms']:.1f} |")  # fmt: skip
+        held_out = TensorStream(data["x"][-HELD_OUT:], 1024, shuffle=False, loop=False)
+        docs[n] = evaluate_sae(sae, held_out, settings, source, shared, n)
+    print(f"evaluated {len(docs)} SAEs in {time.perf_counter() - start:.0f} s")
+    (args.out / "report").mkdir(parents=True, exist_ok=True)
+    (args.out / "report" / "results.json").write_text(json.dumps(docs, indent=1) + "\n")
+    write_report(docs, args.out / "report" / "report.html", "g-SAE vs TopK")
+    for title, table in tables.eval_tables(docs):
+        print(f"\n{title}:\n{tables.markdown(table)}")
 
 
 if __name__ == "__main__":

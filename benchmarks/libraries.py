@@ -92,21 +92,21 @@ class Activations:
 
 def load_activations(spec: str, seed: int = 0) -> Activations:
     """Rows from "gaussian:D", standard normal in D dims (65,536 to train on, 8,192 held
-    out), or from a saekit activation cache "DIR[@HOOKPOINT]" (its train and eval splits)."""
+    out), or from a saekit activation cache "DIR[@HOOKPOINT]" (its train and held-out splits)."""
     if spec.startswith("gaussian:"):
         d_in = int(spec.split(":")[1])
         gen = torch.Generator().manual_seed(seed)
         x = torch.randn(GAUSSIAN_TRAIN + GAUSSIAN_HELD_OUT, d_in, generator=gen)
         return Activations(x[:GAUSSIAN_TRAIN], x[GAUSSIAN_TRAIN:], spec)
     from saekit.data.cache import load_manifest, read_cache
+    from saekit.data.spec import parse_data_spec
 
-    path, at, hookpoint = spec.rpartition("@")
-    if not at:
-        path, hookpoint = spec, None
-    manifest = load_manifest(path)
-    hookpoint = hookpoint or next(iter(manifest["hookpoints"]))
+    data = parse_data_spec(f"cache:{spec}")
+    path, manifest = data.source, load_manifest(data.source)
+    hookpoint = data.hookpoint or next(iter(manifest["hookpoints"]))
     train, held_out = (
-        read_cache(path, hookpoint, split, arrays=["x"])["x"].float() for split in ("train", "eval")
+        read_cache(path, hookpoint, split, arrays=["x"])["x"].float()
+        for split in ("train", "heldout")
     )
     return Activations(train, held_out, spec, manifest["model"]["name"], hookpoint)
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from saekit.data.hooks import Which, transform_hookpoint
+from saekit.data.hooks import Which, hook_sites
 
 
 def steering_vector(sae: Any, latent: int, unit: bool = True) -> torch.Tensor:
@@ -58,7 +58,7 @@ def steer(
         out[..., start:, :] += delta
         return out
 
-    with transform_hookpoint(model, hookpoint, which, add):
+    with hook_sites(model, {hookpoint: add}, which):
         yield
 
 

@@ -1,20 +1,15 @@
-"""Adaptive-sparsity curves (saekit/evaluation/adaptive.py, saekit/cli/adaptive.py)."""
+"""Adaptive-sparsity curves (saekit/evaluation/adaptive.py): one-pass curves equal to
+encode + decode, their shapes, the summary fields and table, and the group via `saekit eval`."""
 
 import json
 
 import pytest
 import torch
 
-from saekit.cli.common import Parser
 from saekit.data.synthetic import SyntheticStream, make_recipe
-from saekit.evaluation.adaptive import (
-    adaptive_curve,
-    adaptive_report,
-    markdown_table,
-    plot_curves,
-    settings_for,
-)
-from saekit.evaluation.evaluate import Skip
+from saekit.evaluation import tables
+from saekit.evaluation.adaptive import adaptive_curve, adaptive_report, settings_for
+from saekit.evaluation.base import Skip
 from saekit.formats import native
 from saekit.sae import create
 from saekit.training.trainer import TrainConfig, Trainer
@@ -114,7 +109,7 @@ def test_topk_curve_shape(trained):
     assert btk["l0_at_train"] == pytest.approx(4.0, abs=0.5)
 
 
-def test_report_fields_table_and_plot(trained, tmp_path):
+def test_report_fields_and_table(trained):
     saes, x = trained
     reps = {name: adaptive_report(sae, x[:512]) for name, sae in saes.items()}
     for rep in reps.values():
@@ -126,11 +121,17 @@ def test_report_fields_table_and_plot(trained, tmp_path):
         for p in rep["points"]:
             assert {"setting", "value", "l0", "fvu", "ev", "mse", rep["knob"]} <= set(p)
         json.dumps(rep, allow_nan=False)
-    table = markdown_table(reps)
-    assert table.count("\n") == 2 + 2 + 1 + 2  # header + MP (2) + TopK (1) + BatchTopK (2)
-    assert "| mpsae | mp_steps | T4 |" in table and "| batchtopk | threshold | θ/1 |" in table
-    png = plot_curves(reps, tmp_path / "a.png")
-    assert png.stat().st_size > 10_000
+    docs = {name: {"adaptive": rep} for name, rep in reps.items()}
+    header, rows = tables.build(tables.adaptive_rows(docs), tables.ADAPTIVE, "SAE: setting")
+    by_name = {r[0]: dict(zip(header, r)) for r in rows}
+    assert list(by_name) == ["mpsae: mp_steps", "mpsae: mp_threshold", "topk: topk_k",
+                             "batchtopk: topk_k", "batchtopk: threshold"]  # fmt: skip
+    assert by_name["mpsae: mp_steps"]["train"] == "T4" and by_name["mpsae: mp_steps"]["stop"] == "–"
+    tau = reps["mpsae"]["curves"]["mp_threshold"]["relative_threshold"]
+    assert by_name["mpsae: mp_threshold"]["stop"] == f"τ_rel={tau:.3g}"
+    assert by_name["batchtopk: threshold"]["train"] == "θ/1"
+    fvu = reps["topk"]["curves"]["topk_k"]["fvu_at_2x"]
+    assert by_name["topk: topk_k"]["FVU @2×"] == f"{fvu:.4f}"
 
 
 def test_jumprelu_threshold_sweep():
@@ -151,21 +152,18 @@ def test_relu_has_no_knob():
         adaptive_report(relu, torch.randn(4, 8))
 
 
-def test_cli_writes_json_table_and_png(trained, tmp_path, capsys):
-    from saekit.cli import adaptive as cli
+def test_adaptive_group_through_saekit_eval(trained, tmp_path, capsys):
+    from saekit.cli.main import main
 
     saes, _ = trained
-    dirs = []
-    for name in ("mpsae", "topk"):
-        meta = {"training": {"data_spec": f"synthetic:{RECIPE}"}}
-        dirs.append(str(native.save(saes[name], tmp_path / name, meta)))
-    parser = Parser(prog="saekit")
-    cli.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["adaptive", *dirs, "--tokens", "1000", "--out",
-                              str(tmp_path / "out"), "--threads", "1"])  # fmt: skip
-    assert cli.run(args) == 0
-    doc = json.loads((tmp_path / "out" / "adaptive.json").read_text())
-    assert doc["n_tokens"] == 1000 and set(doc["reports"]) == {"mpsae", "topk"}
-    assert doc["reports"]["mpsae"]["curves"]["mp_steps"]["monotonicity_violations"] == 0
-    assert (tmp_path / "out" / "adaptive.png").stat().st_size > 10_000
-    assert "| topk | topk_k | k4 |" in capsys.readouterr().out
+    dirs = [str(native.save(saes[name], tmp_path / name)) for name in ("mpsae", "topk")]
+    out = tmp_path / "all.json"
+    args = ["eval", *dirs, "--data", f"synthetic:{RECIPE}", "-g", "core,adaptive", "--tokens",
+            "1000", "--out", str(out), "--threads", "1"]  # fmt: skip
+    assert main(args) == 0
+    docs = json.loads(out.read_text())
+    mp = docs[dirs[0]]["adaptive"]
+    assert mp["n_tokens"] == 1000 and mp["curves"]["mp_steps"]["monotonicity_violations"] == 0
+    assert docs[dirs[1]]["adaptive"]["knob"] == "k"
+    printed = capsys.readouterr().out
+    assert "adaptive sparsity:" in printed and "topk: topk_k" in printed

@@ -2,22 +2,25 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from tiny_model import TEXTS, tiny_model, tiny_tokenizer
 
+from saekit.data import open_stream
 from saekit.data.cache import (
     CacheError,
     CacheStream,
     load_manifest,
-    open_cache_stream,
     read_cache,
     verify_cache,
     write_cache,
 )
 from saekit.data.corpora import TextListCorpus, tokenize_corpus
-from saekit.data.hooks import capture, capture_with_grad, token_mask
+from saekit.data.gradients import capture_gradients
+from saekit.data.hooks import capture
+from saekit.data.masking import token_mask
 from saekit.data.stream import ActivationStream
 
 HOOKS = ["model.layers.1", "model.layers.3"]
@@ -42,7 +45,7 @@ def cache_dir(model, tmp_path_factory):
         HOOKS,
         n_tokens=1000,
         shard_tokens=96,
-        eval_tokens=150,
+        heldout_tokens=150,
         ctx_len=CTX,
         batch_size=BATCH,
         with_grad=True,
@@ -57,7 +60,9 @@ def expected(model, split, n_tokens):
     for start in range(0, len(contexts), BATCH):
         sub = contexts.subset(slice(start, start + BATCH))
         acts = capture(model, sub.input_ids, sub.attention_mask, HOOKS)
-        _, grads = capture_with_grad(model, sub.input_ids, sub.attention_mask, HOOKS)
+        _, grads = capture_gradients(
+            model, sub.input_ids, sub.attention_mask, HOOKS, "output", sub.special_ids
+        )
         mask = token_mask(sub.input_ids, sub.attention_mask, sub.special_ids)
         for h in HOOKS:
             xs[h].append((acts[h][mask], grads[h][mask], sub.input_ids[mask]))
@@ -75,16 +80,24 @@ def test_round_trip_is_bit_exact(model, cache_dir):
         assert (got["positions"] > 0).all()  # the first position is never stored
     manifest = load_manifest(cache_dir)
     entry = manifest["hookpoints"]["model.layers.1"]
-    assert manifest["n_tokens"] == {"train": 1000, "eval": 150}
+    assert manifest["n_tokens"] == {"train": 1000, "heldout": 150}
     assert [s["n_tokens"] for s in entry["splits"]["train"]["shards"]] == [96] * 10 + [40]
     assert set(entry["arrays"]) == {"x", "grad", "token_ids", "doc_ids", "context_ids", "positions"}
     assert manifest["saekit_version"] and manifest["dtype"] == "float32"
 
 
-def test_eval_split_comes_from_heldout_documents(cache_dir):
+def test_heldout_split_comes_from_heldout_documents(cache_dir):
     train = set(read_cache(cache_dir, HOOKS[0], "train")["doc_ids"].tolist()) - {-1}
-    held = set(read_cache(cache_dir, HOOKS[0], "eval")["doc_ids"].tolist()) - {-1}
+    held = set(read_cache(cache_dir, HOOKS[0], "heldout")["doc_ids"].tolist()) - {-1}
     assert held and train.isdisjoint(held)
+
+
+def test_gradients_of_an_input_site(model, cache_dir, tmp_path):
+    """Layer 2's input is layer 1's output: the same tokens, values and gradients."""
+    write_cache(tmp_path, model, tiny_tokenizer(), CORPUS, ["model.layers.2"], 200,
+                heldout_tokens=0, ctx_len=CTX, batch_size=BATCH, which="input", with_grad=True)  # fmt: skip
+    got, want = read_cache(tmp_path), read_cache(cache_dir, HOOKS[0])
+    assert all(torch.equal(got[k], want[k][:200]) for k in ("x", "grad", "token_ids"))
 
 
 def test_reduced_precision_storage(model, tmp_path):
@@ -95,7 +108,7 @@ def test_reduced_precision_storage(model, tmp_path):
         CORPUS,
         HOOKS[:1],
         200,
-        eval_tokens=0,
+        heldout_tokens=0,
         ctx_len=CTX,
     )
     ref = read_cache(tmp_path / "fp32")["x"]
@@ -108,7 +121,7 @@ def test_reduced_precision_storage(model, tmp_path):
             HOOKS[:1],
             200,
             dtype=dtype,
-            eval_tokens=0,
+            heldout_tokens=0,
             ctx_len=CTX,
         )
         x = read_cache(tmp_path / dtype)["x"]
@@ -227,7 +240,7 @@ def test_mismatched_and_missing_files(model, cache_dir, tmp_path):
         ["model.layers.1.mlp.up_proj"],
         96,
         shard_tokens=96,
-        eval_tokens=0,
+        heldout_tokens=0,
         ctx_len=CTX,
     )
     bad = copy_cache(cache_dir, tmp_path / "c")
@@ -251,10 +264,45 @@ def test_mismatched_and_missing_files(model, cache_dir, tmp_path):
         CacheStream(cache_dir, "model.layers.2")
 
 
-def test_open_cache_stream_spec(cache_dir):
-    stream = open_cache_stream(f"{cache_dir}@model.layers.3", batch_size=50, split="eval")
+def test_open_a_cache_by_spec(cache_dir, tmp_path):
+    spec = f"cache:{cache_dir}@model.layers.3"
+    stream = open_stream(spec, batch_size=50, split="heldout")
     assert stream.hookpoint == "model.layers.3" and stream.n_tokens == 150
     assert stream.describe()["corpus"]["split"] == "heldout"
+    assert open_stream(f"{spec}#train", batch_size=50, split="heldout").n_tokens == 1000
+    # A cache without a held-out split: evaluation reads the train split, and says so.
+    (tmp_path / "@#odd").mkdir()
+    write_cache(tmp_path / "@#odd", tiny_model(), tiny_tokenizer(), CORPUS, HOOKS[:1], 100,
+                heldout_tokens=0, ctx_len=CTX)  # fmt: skip
+    with pytest.warns(UserWarning, match="no held-out split; reading its train split"):
+        stream = open_stream(f"cache:{tmp_path}/@#odd", batch_size=50, split="heldout")
+    assert stream.split == "train" and stream.n_tokens == 100
+    with pytest.raises(CacheError, match="no 'heldout' split"):
+        open_stream(f"cache:{tmp_path}/@#odd@{HOOKS[0]}#heldout", batch_size=50)
+
+
+LEGACY = Path(__file__).parent / "data" / "legacy" / "cache"  # see make_cache.py there
+
+
+def test_a_version_1_cache_reads_its_eval_split_as_heldout(tmp_path):
+    manifest = verify_cache(LEGACY)
+    assert manifest["format_version"] == 1 and manifest["n_tokens"] == {"train": 40, "heldout": 12}
+    stream = CacheStream(LEGACY, "model.layers.1", batch_size=5, split="heldout", loop=False)
+    assert [len(b) for b in stream] == [5, 5, 2]
+    with pytest.raises(ValueError, match="no longer 'eval'"):
+        CacheStream(LEGACY, "model.layers.1", split="eval")
+    # Today's writer, with the settings of make_cache.py, stores the same tokens and values.
+    docs = [f"doc {i}: {TEXTS[i % 8]} {TEXTS[(i * 3) % 8]}" for i in range(60)]
+    hookpoints = ["model.layers.1", "model.layers.2.mlp:in->out"]
+    write_cache(
+        tmp_path, tiny_model(), tiny_tokenizer(), TextListCorpus(docs, heldout_fraction=0.2),
+        hookpoints, n_tokens=40, dtype="fp16", shard_tokens=16, heldout_tokens=12, ctx_len=16,
+        batch_size=4,
+    )  # fmt: skip
+    for h in hookpoints:
+        for split in ("train", "heldout"):
+            old, new = read_cache(LEGACY, h, split), read_cache(tmp_path, h, split)
+            assert set(old) == set(new) and all(torch.equal(old[k], new[k]) for k in old)
 
 
 def test_write_errors(model, cache_dir, tmp_path):
@@ -314,7 +362,7 @@ def test_cli_cache_and_hookpoints(model_dir, tmp_path, capsys):
         "1",
     ]
     assert cli(argv) == 0
-    assert "model.layers.2 (d=32): train 300 tokens in 3 shards, eval 30 tokens" in (
+    assert "model.layers.2 (d=32): train 300 tokens in 3 shards, heldout 30 tokens" in (
         capsys.readouterr().out
     )
     manifest = verify_cache(out)

@@ -196,7 +196,7 @@ def test_train_on_model_data_with_corpus_context_length_and_schedule(tmp_path, c
     assert manifest["dtype"] == "bfloat16"
     assert manifest["corpus"]["train"]["ctx_len"] == 24
     assert manifest["corpus"]["train"]["corpus"]["files"] == [str(docs)]
-    assert manifest["n_tokens"] == {"train": 1500, "eval": 300}
+    assert manifest["n_tokens"] == {"train": 1500, "heldout": 300}
     cfg = load(out / "saes" / "topk").metadata["training"]["train_config"]
     assert (cfg["warmup_steps"], cfg["decay_fraction"], cfg["init_b_dec"]) == (10, 0.1, "zero")
     report = (out / "report.md").read_text()
@@ -242,19 +242,3 @@ def test_resume_from_cli_after_sigint(tmp_path, capsys):
     a = load(tmp_path / "full" / "saes" / "topk").state_dict()
     b = load(tmp_path / "part" / "saes" / "topk").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_data_spec_parts(tmp_path):
-    from saekit.training.dataspec import DataSpec, parse_data_spec
-
-    assert parse_data_spec("model:default@model.layers.6,model.layers.9") == DataSpec(
-        "model", "default", ("model.layers.6", "model.layers.9")
-    )
-    pair = "model:x@model.layers.6.mlp:in->out"
-    assert parse_data_spec(pair).hookpoints == ("model.layers.6.mlp:in->out",)
-    assert str(parse_data_spec(pair)) == pair
-    assert parse_data_spec("synthetic:tree:rho=0.3") == DataSpec("synthetic", "tree:rho=0.3")
-    odd = tmp_path / "acts@v2"
-    odd.mkdir()
-    assert parse_data_spec(f"cache:{odd}") == DataSpec("cache", str(odd))  # a real directory
-    assert parse_data_spec("cache:acts@model.layers.1").source == "acts"

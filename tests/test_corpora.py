@@ -36,7 +36,8 @@ def test_order_is_seeded_and_split_is_disjoint():
     # Membership depends on the text only: the same for any seed or corpus.
     assert set(ids(corpus, "heldout", seed=5)) == held
     assert held == {i for i, t in enumerate(TEXTS) if is_heldout(t, 0.25)}
-    assert ids(corpus, "eval") == ids(corpus, "heldout")
+    with pytest.raises(ValueError, match="no longer 'eval'"):
+        ids(corpus, "eval")
 
 
 def test_duplicates_never_cross_the_split():

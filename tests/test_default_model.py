@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from saekit.data.corpora import tokenize_corpus
-from saekit.data.hooks import capture, list_hookpoints, token_mask
+from saekit.data.hooks import capture, list_hookpoints
+from saekit.data.masking import token_mask
 from saekit.data.models import load_model
 from saekit.evaluation.spliced import estimate_mean_activation, spliced_metrics
 
@@ -85,12 +86,11 @@ def test_spliced_identity_and_clean_ce(smollm, heldout):
 def test_gradient_stream_matches_plain_stream_on_smollm2():
     """The g-SAE stream yields the same (masked, shuffled) activations as the plain model
     stream for the same seed, plus a non-zero per-token gradient."""
-    from saekit.data.gradients import open_gradient_stream
-    from saekit.data.model_stream import open_model_stream
+    from saekit.data import open_stream
 
     kw = dict(n_contexts=8, contexts_per_chunk=4, forward_batch=2, seed=3)
-    plain = next(iter(open_model_stream("default", 64, **kw)))
-    with_grad = next(iter(open_gradient_stream("default", 64, **kw)))
+    plain = next(iter(open_stream("model:default", 64, **kw)))
+    with_grad = next(iter(open_stream("model:default", 64, with_grad=True, **kw)))
     assert torch.allclose(with_grad.x, plain.x, rtol=1e-5, atol=1e-4)
     grad = with_grad.extras["grad"]
     assert grad.shape == plain.x.shape

@@ -116,7 +116,7 @@ def tiny_cache(path: Path, hookpoints: list[str]) -> Path:
 
     docs = [f"doc {i}: {TEXTS[i % 8]} {TEXTS[(i * 3) % 8]}" for i in range(300)]
     write_cache(path, tiny_model(), tiny_tokenizer(), TextListCorpus(docs, 0.2), hookpoints,
-                n_tokens=600, shard_tokens=100, eval_tokens=100, ctx_len=16)  # fmt: skip
+                n_tokens=600, shard_tokens=100, heldout_tokens=100, ctx_len=16)  # fmt: skip
     return path
 
 

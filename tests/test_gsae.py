@@ -1,4 +1,5 @@
-"""g-SAE: gradient-informed TopK selection (saekit.sae.gsae) and its synthetic recipe."""
+"""g-SAE: gradient-informed TopK selection (saekit.sae.gsae) and its synthetic recipe. Its two
+inference modes in the model loop: test_eval_suite.py."""
 
 import pytest
 import torch
@@ -147,70 +148,3 @@ def test_readout_recipe_gradient_is_the_readout_loss_gradient():
     assert codes[:, :4].max() <= recipe.scale and codes[:, 4:].max() > 0.5
     # The gradient sees the planted features only.
     assert torch.allclose(batch.extras["grad"], (codes[:, :4] * recipe.gain**2) @ G[:4], atol=1e-4)
-
-
-# ---- model-in-the-loop comparison on the tiny Llama ---------------------------------------
-
-
-def test_compare_and_steering_on_tiny_model():
-    from tiny_model import TEXTS, tiny_model, tiny_tokenizer
-
-    from saekit.data.corpora import tokenize_corpus
-    from saekit.evaluation.gsae_compare import compare_saes, compare_steering
-    from saekit.evaluation.steering_effect import steering_effect, steering_positions
-
-    model = tiny_model()
-    ctx = tokenize_corpus(tiny_tokenizer(), TEXTS, n_contexts=4, ctx_len=12)
-    topk = saekit.create("topk", d_in=32, n_latents=64, k=4, seed=1)
-    gsae = saekit.create("gsae", d_in=32, n_latents=64, k=4, seed=1, beta=50.0)
-    saes = {"topk": topk, "g": gsae}
-    ids, am = ctx.input_ids, ctx.attention_mask
-    rows = compare_saes(saes, model, ids, am, "model.layers.1", torch.zeros(32),
-                        special_ids=ctx.special_ids, batch_size=2)  # fmt: skip
-    assert set(rows) == {"topk", "g[gradient]", "g[topk]"}
-    for key in ("ce_spliced", "kl_spliced", "fvu", "l0"):  # same weights, same selection
-        assert rows["g[topk]"][key] == pytest.approx(rows["topk"][key], rel=1e-6)
-    assert rows["g[gradient]"]["l0"] <= 4 and rows["topk"]["ce_zero_ablation"] > 0
-    assert rows["g[gradient]"]["fvu"] != pytest.approx(rows["g[topk]"]["fvu"])
-    # Steering: zero intervention, zero effect; the logit shift grows linearly for small α.
-    pos = steering_positions(ids, am, ctx.special_ids, max_position=8)
-    atoms = topk.W_dec.detach()[:3]
-    none = steering_effect(model, ids, am, "model.layers.1", atoms, 0.0, pos)
-    assert none["mean_kl"] == 0.0 and max(none["logit_shift"]) == 0.0
-    small = steering_effect(model, ids, am, "model.layers.1", atoms, 1e-3, pos)
-    double = steering_effect(model, ids, am, "model.layers.1", atoms, 2e-3, pos)
-    assert small["mean_kl"] > 0
-    ratio = double["logit_shift"][0] / small["logit_shift"][0]
-    assert ratio == pytest.approx(2.0, rel=1e-2)
-    alive = {n: torch.arange(64) for n in saes}
-    steer = compare_steering(saes, model, ids, am, "model.layers.1", alive, n_latents=2,
-                             special_ids=ctx.special_ids, max_position=8)  # fmt: skip
-    assert steer["topk"]["alpha"] == steer["g"]["alpha"] > 0 and steer["topk"]["n_atoms"] == 2
-
-
-def test_gsae_cli_writes_table_plot_and_json(tmp_path):
-    import argparse
-    import json
-
-    from tiny_model import tiny_model, tiny_tokenizer
-
-    from saekit.cli import gsae as gsae_cli
-
-    tiny_model().save_pretrained(tmp_path / "model")
-    tiny_tokenizer().save_pretrained(tmp_path / "model")
-    for name, arch in (("topk", "topk"), ("g", "gsae")):
-        native.save(saekit.create(arch, d_in=32, n_latents=64, k=4), tmp_path / name)
-    parser = argparse.ArgumentParser()
-    gsae_cli.add_parser(parser.add_subparsers())
-    args = parser.parse_args(
-        ["gsae", str(tmp_path / "topk"), str(tmp_path / "g"), "--model", str(tmp_path / "model"),
-         "--hookpoint", "model.layers.1", "--contexts", "4", "--ctx-len", "16",
-         "--steer-latents", "2", "--steer-contexts", "2", "--out", str(tmp_path / "out"),
-         "--threads", "1"]
-    )  # fmt: skip
-    assert gsae_cli.run(args) == 0
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert {"topk", "g[gradient]", "g[topk]"} <= set(results)
-    assert results["g[topk]"]["steer_shift_per_norm"] > 0
-    assert "| g[gradient] |" in (tmp_path / "out" / "table.md").read_text()
-    assert (tmp_path / "out" / "gsae.png").stat().st_size > 1000

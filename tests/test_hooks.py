@@ -1,5 +1,5 @@
 """Hook capture on a tiny random Llama: exact agreement with output_hidden_states, early stop,
-inputs, tuple outputs, gradients, token masks and errors."""
+inputs, tuple outputs, replacing activations, token masks and errors."""
 
 import pytest
 import torch
@@ -7,11 +7,11 @@ from tiny_model import D_MODEL, N_LAYERS, random_batch, tiny_model, tiny_tokeniz
 
 from saekit.data.hooks import (
     capture,
-    capture_with_grad,
     get_module,
+    hook_sites,
     list_hookpoints,
-    token_mask,
 )
+from saekit.data.masking import Masking, predictions, token_mask
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,32 @@ def test_tuple_output_and_hook_cleanup(model):
     assert sum(len(m._forward_hooks) for m in model.modules()) == n_hooks
 
 
+def test_hook_sites_replace_an_output_or_an_input_alike(model):
+    ids, am = random_batch(2, 8)
+
+    def n_hooks():
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+    before = n_hooks()
+    halve = lambda x: x / 2  # noqa: E731
+
+    def logits(fns, which="output"):
+        with torch.no_grad(), hook_sites(model, fns, which):
+            return model(input_ids=ids, attention_mask=am).logits
+
+    # Layer 1's output is layer 2's input: halving either gives the same forward.
+    by_output = logits({"model.layers.1": halve})
+    assert torch.equal(logits({"model.layers.2": halve}, which="input"), by_output)
+    assert torch.equal(logits({"model.layers.2:in": halve}), by_output)
+    assert not torch.allclose(logits({}), by_output)
+    seen = {}
+    logits({"model.layers.1": halve, "model.layers.2:in": lambda x: seen.setdefault("x", x)})
+    assert torch.equal(seen["x"], _hidden_states(model, ids, am)[2] / 2)  # read after the change
+    with pytest.raises(TypeError, match="cannot replace the output of 'model'"):
+        logits({"model": halve})  # a ModelOutput can be read, not replaced
+    assert n_hooks() == before
+
+
 def test_list_hookpoints_widths(model):
     widths = dict(list_hookpoints(model))
     assert widths["model.layers.0"] == D_MODEL
@@ -115,32 +141,6 @@ def test_non_finite_activations_raise():
         capture(broken, ids, am, ["model.layers.1"])
 
 
-def test_gradients_match_a_leaf_replacement(model):
-    ids, am = random_batch(2, 10)
-    am[1, 7:] = 0
-    acts, grads = capture_with_grad(model, ids, am, ["model.layers.1", "model.layers.2"])
-    # Reference: make layer 1's output a leaf and differentiate the same summed CE.
-    leaf = {}
-
-    def hook(_m, _a, out):
-        leaf["x"] = out.detach().requires_grad_()
-        return leaf["x"]
-
-    handle = model.model.layers[1].register_forward_hook(hook)
-    try:
-        logits = model(input_ids=ids, attention_mask=am, use_cache=False).logits
-    finally:
-        handle.remove()
-    ce = torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none"
-    )
-    (ce * am[:, 1:].flatten()).sum().backward()
-    assert torch.equal(acts["model.layers.1"], leaf["x"].detach())
-    torch.testing.assert_close(grads["model.layers.1"], leaf["x"].grad)
-    assert grads["model.layers.2"][:, -1].abs().max() == 0  # last position predicts nothing
-    assert grads["model.layers.2"][:, :-1].abs().sum() > 0
-
-
 def test_token_mask_padding_specials_first_and_outliers():
     ids = torch.tensor([[5, 6, 7, 8, 9], [3, 3, 1, 6, 7]])  # row 1: left padding, then BOS
     am = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
@@ -152,3 +152,16 @@ def test_token_mask_padding_specials_first_and_outliers():
     acts[0, 3] *= 100  # one massive token
     keep = token_mask(ids, am, (1, 3), activations=acts, max_norm_factor=10.0)
     assert keep.tolist() == [[False, True, True, False, True], [False, False, False, True, True]]
+
+
+def test_masking_of_a_pair_and_the_counted_predictions():
+    ids = torch.tensor([[5, 6, 7, 2, 9, 8], [5, 6, 7, 8, 3, 3]])  # 2 = EOS, 3 = padding
+    am = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    source, target = torch.ones(2, 6, 4), torch.ones(2, 6, 4)
+    source[0, 1] *= 100  # an outlier of the source
+    target[1, 2] *= 100  # and one of the target: each drops the token from both
+    keep = Masking(max_norm_factor=10.0).keep(ids, am, (2, 3), [source, target])
+    assert keep.tolist() == [[0, 0, 1, 0, 1, 1], [0, 1, 0, 1, 0, 0]]
+    # predictions at kept tokens whose next token is attended; the last position has none
+    base = Masking().keep(ids, am, (2, 3))
+    assert predictions(base, am).tolist() == [[0, 1, 1, 0, 1, 0], [0, 1, 1, 0, 0, 0]]

@@ -614,10 +614,11 @@ def test_convert_command_and_afa_on_an_imported_saelens_sae(tmp_path):
     with torch.no_grad():
         assert_same(native.load(tmp_path / "native")(x), sae(x))
     # The AFA diagnostic runs on the imported SAE like on any saekit SAE.
-    r = run_cli("afa", str(tmp_path / "native"), "--data", TINY, "--tokens", "512")
+    r = run_cli("eval", str(tmp_path / "native"), "--data", TINY, "-g", "core,afa", "--tokens",
+                "512", "--out", str(tmp_path / "eval.json"))  # fmt: skip
     assert r.returncode == 0, r.stderr
-    summary = json.loads((tmp_path / "native" / "afa.json").read_text())
-    assert summary["architecture"] == "topk" and summary["median_nmse"] > 0
+    doc = json.loads((tmp_path / "eval.json").read_text())[str(tmp_path / "native")]
+    assert doc["sae"]["architecture"] == "topk" and doc["afa"]["median_nmse"] > 0
     r = run_cli("convert", str(tmp_path / "native"), str(tmp_path / "sp"), "--to", "sparsify",
                 "--hookpoint", "blocks.7.hook_mlp_out")  # fmt: skip
     assert r.returncode == 0, r.stderr

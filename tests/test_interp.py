@@ -8,7 +8,8 @@ from eval_helpers import HOOKPOINT, corpus, trained_sae
 from tiny_model import tiny_model
 
 from saekit.data.corpora import tokenize_corpus
-from saekit.data.hooks import capture, token_mask
+from saekit.data.hooks import capture
+from saekit.data.masking import token_mask
 from saekit.evaluation.interp import (
     LatentRecords,
     example_window,

@@ -8,7 +8,8 @@ import torch
 from tiny_model import TEXTS, tiny_model, tiny_tokenizer
 
 from saekit.data.corpora import tokenize_corpus
-from saekit.data.hooks import capture, token_mask
+from saekit.data.hooks import capture
+from saekit.data.masking import token_mask
 from saekit.data.model_stream import ModelStream, default_hookpoint
 from saekit.data.stream import ActivationStream
 

@@ -129,6 +129,17 @@ def test_last_token_activations_match_single_prompt_forwards():
         torch.testing.assert_close(acts[i], ref, atol=1e-5, rtol=1e-4)
 
 
+def test_one_token_prompts_are_found():
+    tok = tiny_tokenizer()
+    prompts = ["The", "The quick brown fox", "", "Held-out"]
+    lengths = [len(tok(p)["input_ids"]) for p in prompts]
+    assert lengths[0] == 1 and lengths[2] == 0 and min(lengths[1], lengths[3]) > 1  # premise
+    keep = probing.multi_token(tok, prompts, max_length=8)
+    assert keep.tolist() == [False, True, False, True]
+    # truncation keeps the end, so a long prompt never becomes one token unless max_length is 1
+    assert probing.multi_token(tok, prompts, max_length=1).tolist() == [False] * 4
+
+
 def test_activation_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     model, tok = tiny_model(), tiny_tokenizer()
     task = ProbeTask("toy", ["a b", "c d", "e f"], np.array([0, 1, 0]), "1")
@@ -178,6 +189,9 @@ def test_probing_group_end_to_end_on_tiny_model(tmp_path):
     doc = evaluate_sae(sae, None, settings)
     res = doc["probing"]["datasets"]["118_us_state_CA"]
     assert res["n_train"] == 64 and res["n_test"] == 64
+    task = probing.load_task("118_us_state_CA")
+    one_token = int((~probing.multi_token(tiny_tokenizer(), task.prompts, 256)).sum())
+    assert res["n_prompts"] == 1000 and res["n_skipped_one_token"] == one_token
     assert set(res["sae"]) == {"1", "4"} and set(res["raw"]) == {"1", "4"}
     assert 0 <= res["sae"]["1"]["test_auc"] <= 1 and "raw_dense_l2" in res
     mean = doc["probing"]["mean"]

@@ -299,11 +299,22 @@ def test_without_a_compiler_the_torch_path_runs(tmp_path):
         "assert torch.equal(a, b)\n"
         "print('ok')\n"
     )
-    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "SAEKIT_CACHE_DIR": str(tmp_path)}
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "SAEKIT_CACHE": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
     assert not (tmp_path / "native").exists()
+
+
+def test_one_cache_directory_and_its_old_name(tmp_path, monkeypatch):
+    from saekit.data.models import cache_root
+
+    monkeypatch.delenv("SAEKIT_CACHE", raising=False)
+    monkeypatch.setenv("SAEKIT_CACHE_DIR", str(tmp_path / "old"))
+    with pytest.warns(FutureWarning, match="SAEKIT_CACHE_DIR is deprecated"):
+        assert cache_root() == tmp_path / "old"
+    monkeypatch.setenv("SAEKIT_CACHE", str(tmp_path / "new"))
+    assert cache_root() == tmp_path / "new"
 
 
 def test_a_failing_build_warns_once_and_falls_back(tmp_path):
@@ -318,7 +329,7 @@ def test_a_failing_build_warns_once_and_falls_back(tmp_path):
         "    assert native.library() is None and native.library() is None\n"
         "print(len(w), w[0].message)\n"
     )
-    env = {**os.environ, "CC": str(cc), "SAEKIT_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "CC": str(cc), "SAEKIT_CACHE": str(tmp_path / "cache")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("1 saekit: C kernels unavailable, using the torch path")

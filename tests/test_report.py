@@ -1,5 +1,6 @@
-"""`saekit report`: inputs in every accepted form, the table, figures present only when their
-metric is, a self-contained page, and the command line."""
+"""`saekit report` (saekit.evaluation.comparison): inputs in every accepted form, the table,
+what each figure draws, figures present only when their metric is, a self-contained page, and
+the command line."""
 
 import base64
 import json
@@ -7,8 +8,10 @@ import re
 
 import pytest
 from eval_helpers import evaluated_saes
+from matplotlib.figure import Figure
 
-from saekit.evaluation.comparison import load_docs, table, write_report
+from saekit.evaluation.comparison import FIGURES, load_docs, write_report
+from saekit.evaluation.tables import summary_table
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +35,10 @@ def test_load_docs_from_dirs_runs_and_files(tmp_path, docs):
 
 
 def test_table_values(docs):
-    header, rows = table(docs)
+    header, rows = summary_table(docs)
     assert header[:4] == ["SAE", "arch", "latents", "L0"]
     assert "CE score" in header and "AUC k=1" in header and "MCC" not in header  # no synthetic
+    assert rows[0][header.index("CE/KL convention")] == "saekit"
     l0 = header.index("L0")
     assert rows[0][l0] == format(docs["topk-k4"]["core"]["l0"], ".3g") == "4"
     fvu = header.index("FVU")
@@ -45,12 +49,14 @@ def test_report_page(tmp_path, docs):
     report = write_report(docs, tmp_path / "cmp.html", title="Tiny comparison")
     names = sorted(p.name for p in report.figures)
     assert names == [
-        f"cmp_{n}.png" for n in ("adaptive", "density", "pareto_ce", "pareto_fvu", "probing")
+        f"cmp_{n}.png"
+        for n in ("adaptive", "adaptive_budget", "density", "pareto_ce", "pareto_fvu", "probing")
     ]
     page = report.html.read_text()
     assert "<title>Tiny comparison</title>" in page and "topk-k8" in page
+    assert "saekit convention: kept tokens only" in page
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 5
+    assert len(images) == 6
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     assert "http://" not in page and "https://" not in page  # self-contained
 
@@ -63,19 +69,62 @@ def test_figures_only_for_present_metrics(tmp_path, docs):
     assert sorted(p.stem for p in report.figures) == ["core_density", "core_pareto_fvu"]
 
 
-def test_pareto_figure_plots_each_architecture_by_l0(docs):
-    from matplotlib.figure import Figure
-
-    from saekit.evaluation.comparison import FIGURES
-
-    spec = next(f for f in FIGURES if f.name == "pareto_fvu")
+def draw(name, docs):
+    """The axes a figure draws, or None when it has nothing to draw."""
+    spec = next(f for f in FIGURES if f.name == name)
     ax = Figure().add_subplot()
-    assert spec.draw(ax, docs)
-    (line,) = ax.get_lines()
-    assert line.get_label() == "topk"
-    points = sorted((d["core"]["l0"], d["core"]["fvu"]) for d in docs.values())
-    assert list(zip(line.get_xdata(), line.get_ydata())) == points
-    assert ax.get_xlabel() == "L0 (active latents per token)"
+    return ax if spec.draw(ax, docs) else None
+
+
+def series(ax):
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines}
+
+
+def test_pareto_figures_draw_one_line_per_architecture(docs):
+    ax = draw("pareto_fvu", docs)
+    l0 = [docs[n]["core"]["l0"] for n in ("topk-k4", "topk-k8")]
+    fvu = [docs[n]["core"]["fvu"] for n in ("topk-k4", "topk-k8")]
+    assert series(ax) == {"topk": (l0, fvu)}
+    ax = draw("pareto_ce", docs)
+    assert series(ax)["topk"][1] == [docs[n]["spliced"]["ce_loss_score"] for n in docs]
+    assert "saekit convention" in ax.get_ylabel()
+
+
+def test_adaptive_figures_draw_every_setting_with_its_training_star(docs):
+    ax = draw("adaptive", docs)
+    lines = series(ax)
+    curve = docs["topk-k4"]["adaptive"]["curves"]["topk_k"]
+    assert lines["topk-k4: topk_k"] == ([p["l0"] for p in curve["points"]],
+                                        [p["fvu"] for p in curve["points"]])  # fmt: skip
+    stars = [line for line in ax.lines if line.get_marker() == "*"]
+    assert [(s.get_xdata()[0], s.get_ydata()[0]) for s in stars][0] == (
+        curve["l0_at_train"],
+        curve["fvu_at_train"],
+    )
+    by_budget = series(draw("adaptive_budget", docs))["topk-k8: topk_k"][0]
+    assert by_budget[:3] == [1 / 8, 2 / 8, 3 / 8] and by_budget[-1] == 4.0
+
+
+def test_mode_steering_and_zf_figures(docs):
+    assert draw("spliced_variants", docs) is None  # one inference mode each: nothing to add
+    variant = {"ce_spliced": 4.0, "delta_ce": 0.2, "l0": 4.0}
+    g = {
+        "sae": {"architecture": "gsae"},
+        "core": {"l0": 4.0},
+        "spliced": {"convention": "saekit", "variants": {
+            "topk": {**variant, "label_informed": False},
+            "gradient": {**variant, "delta_ce": 0.3, "label_informed": True},
+        }},
+        "steering": {"mean_logit_shift_per_norm": 3.0},
+        "afa": {"zf_sample": {"input_norm": [1.0, 2.0], "code_norm": [0.5, 2.5]}},
+    }  # fmt: skip
+    lines = series(draw("spliced_variants", {"g": g}))
+    assert lines == {"gsae topk": ([4.0], [0.2]), "gsae gradient (label-informed)": ([4.0], [0.3])}
+    assert series(draw("steering", {"g": g})) == {"gsae": ([4.0], [3.0])}
+    ax = draw("zf", {"g": g})
+    assert ax.collections[0].get_offsets().tolist() == [[1.0, 0.5], [2.0, 2.5]]
+    labels = set(series(ax))
+    assert {"‖f̃‖ = ‖x‖", "ε(h−1) = 0.25", "ε(h−1) = 0.5", "ε(h−1) = 1"} <= labels
 
 
 def rows(fvus, heldout, l0s, dead):
@@ -130,5 +179,5 @@ def test_cli_report(tmp_path, capsys):
 
     out = tmp_path / "r" / "report.html"
     assert main(["report", *map(str, evaluated_saes()), "-o", str(out)]) == 0
-    assert f"report: {out} (2 SAEs, 5 figures)" in capsys.readouterr().out
+    assert f"report: {out} (2 SAEs, 6 figures)" in capsys.readouterr().out
     assert 'id="fig-pareto_fvu"' in out.read_text()

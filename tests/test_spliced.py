@@ -5,7 +5,8 @@ import torch
 from tiny_model import random_batch, tiny_model
 
 from saekit import create
-from saekit.data.hooks import capture, token_mask
+from saekit.data.hooks import capture
+from saekit.data.masking import token_mask
 from saekit.evaluation.spliced import estimate_mean_activation, splice, spliced_metrics
 
 HOOK = "model.layers.1"
@@ -96,3 +97,48 @@ def test_bad_reconstructions_raise(model, batch):
         spliced_metrics(model, ids, am, HOOK, lambda x: x * float("nan"))
     with pytest.raises(KeyError, match="close matches"):
         spliced_metrics(model, ids, am, "model.layers.10", lambda x: x)
+
+
+def test_saebench_convention_replaces_and_scores_every_attended_position(model, batch, mean):
+    ids, am = batch
+    same = spliced_metrics(model, ids, am, HOOK, lambda x: x, mean, convention="saebench")
+    assert same["convention"] == "saebench" and same["ce_spliced"] == same["ce_clean"]
+    # predictions with an attended target: 13 in each full row, 8 in row 1 (attended 0..8),
+    # 9 in row 3 (attended 4..13); position 0 is scored and replaced too
+    assert same["n_tokens"] == 3 * 13 + 8 + 9 and same["n_spliced"] == int(am.sum())
+    logits = model(input_ids=ids, attention_mask=am).logits
+    pred = am[:, :-1].bool() & am[:, 1:].bool()
+    lp = torch.log_softmax(logits[:, :-1][pred].double(), -1)
+    ce = -lp.gather(1, ids[:, 1:][pred].unsqueeze(1)).mean().item()
+    assert same["ce_clean"] == pytest.approx(ce, rel=1e-6)
+    zero = spliced_metrics(model, ids, am, HOOK, torch.zeros_like, mean, convention="saebench")
+    assert zero["ce_spliced"] == zero["ce_zero_ablation"] and zero["ce_loss_score"] == 0.0
+    with pytest.raises(ValueError, match="unknown convention"):
+        spliced_metrics(model, ids, am, HOOK, lambda x: x, convention="both")
+
+
+def test_variants_share_baselines_and_a_label_informed_one_gets_the_gradient(model, batch):
+    from saekit.data.gradients import capture_gradients
+    from saekit.evaluation.spliced import SpliceVariant, spliced_scores
+
+    ids, am = batch
+    seen: list[torch.Tensor] = []
+
+    def reads_gradient(x, g):
+        seen.append(g)
+        return x, None, {}
+
+    variants = [
+        SpliceVariant.of_function(lambda x: x, "identity"),
+        SpliceVariant.of_function(torch.zeros_like, "zero"),
+        SpliceVariant("oracle", reads_gradient, label_informed=True),
+    ]
+    out = spliced_scores(model, ids, am, HOOK, variants, batch_size=5)
+    assert list(out["variants"]) == ["identity", "zero", "oracle"]
+    assert out["variants"]["identity"]["ce_loss_score"] == 1.0
+    assert out["variants"]["zero"]["ce_spliced"] == out["ce_zero_ablation"]
+    assert out["variants"]["oracle"]["label_informed"] and len(seen) == 1
+    _, grad = capture_gradients(model, ids, am, HOOK)
+    assert torch.equal(seen[0], grad[token_mask(ids, am)])
+    with pytest.raises(ValueError, match="needs an SAE hookpoint, not a pair"):
+        spliced_scores(model, ids, am, "model.layers.1.mlp:in->out", variants[2:])

@@ -1,5 +1,6 @@
 """Steering: the hookpoint sees exactly x + α·d, at the right positions, for outputs and
-inputs; generation is unchanged at α = 0 and changed by a large α; hooks are removed."""
+inputs; generation is unchanged at α = 0 and changed by a large α; hooks are removed. The
+steering effect (saekit.evaluation.steering_effect): none at α = 0, linear for small α."""
 
 import pytest
 import torch
@@ -80,3 +81,27 @@ def test_generation(model):
         model, tok, "The quick brown", s, 2, alpha=200.0, hookpoint=HOOK, max_new_tokens=6
     )
     assert pushed != plain_text
+
+
+def test_steering_effect_is_zero_at_zero_and_linear_for_small_alpha(model):
+    from tiny_model import TEXTS
+
+    from saekit.data.corpora import tokenize_corpus
+    from saekit.evaluation.steering_effect import steering_effect, steering_positions
+
+    ctx = tokenize_corpus(tiny_tokenizer(), TEXTS, n_contexts=4, ctx_len=12)
+    ids, am = ctx.input_ids, ctx.attention_mask
+    pos = steering_positions(ids, am, ctx.special_ids, max_position=8)
+    assert (pos >= 1).all() and (pos < 8).all()  # never position 0, never past the cap
+    atoms = sae().W_dec.detach()[:3]
+    none = steering_effect(model, ids, am, HOOK, atoms, 0.0, pos)
+    assert none["mean_kl"] == 0.0 and max(none["logit_shift"]) == 0.0
+    small = steering_effect(model, ids, am, HOOK, atoms, 1e-3, pos)
+    double = steering_effect(model, ids, am, HOOK, atoms, 2e-3, pos)
+    assert small["mean_kl"] > 0 and small["n_atoms"] == 3 and small["n_contexts"] == 4
+    ratio = double["logit_shift"][0] / small["logit_shift"][0]
+    assert ratio == pytest.approx(2.0, rel=1e-2)
+    # steering the input of layer 2 is steering the output of layer 1
+    via_input = steering_effect(model, ids, am, "model.layers.2", atoms, 0.5, pos, "input")
+    via_output = steering_effect(model, ids, am, HOOK, atoms, 0.5, pos)
+    assert via_input["kl"] == pytest.approx(via_output["kl"], rel=1e-4)

@@ -99,3 +99,17 @@ def test_config_validation():
         saekit.create("topafa", d_in=4, n_latents=8, rule="closest")
     with pytest.raises(ValueError, match="k_max"):
         saekit.create("topafa", d_in=4, n_latents=8, k_max=0)
+
+
+def test_default_cap_and_a_saved_cap_is_kept(tmp_path):
+    from saekit.formats import native
+
+    # the default sits above the L0 top-AFA reaches on LM activations (512 bound there)
+    assert saekit.create("topafa", d_in=4, n_latents=8).cfg.k_max == 4096
+    sae = make(k_max=6)
+    native.save(sae, tmp_path / "afa")
+    back = native.load(tmp_path / "afa")
+    x = torch.randn(16, D, generator=torch.Generator().manual_seed(2))
+    assert back.cfg.k_max == 6
+    with torch.no_grad():
+        assert torch.equal(back.encode(x), sae.encode(x))

@@ -22,8 +22,8 @@ from saekit.data.hooks import (
     canonical_hookpoint,
     capture,
     get_module,
-    token_mask,
 )
+from saekit.data.masking import Masking, token_mask
 from saekit.data.model_stream import ModelStream
 from saekit.evaluation.evaluate import EvalSettings, ModelSource, evaluate_sae, model_source
 from saekit.evaluation.spliced import estimate_mean_activation, spliced_metrics
@@ -184,7 +184,7 @@ def test_model_stream_pairs_rows_and_resumes_exactly(model, contexts):
 def test_norm_outliers_of_the_target_drop_the_token_from_both(model, contexts):
     # one forward for all contexts, so the median the mask uses is the one computed here
     kw = dict(batch_size=1000, contexts_per_chunk=24, forward_batch=24, loop=False)
-    stream = ModelStream(model, contexts, PAIR, max_norm_factor=1.5, **kw)
+    stream = ModelStream(model, contexts, PAIR, masking=Masking(max_norm_factor=1.5), **kw)
     batch = next(iter(stream))
     acts = capture(model, contexts.input_ids, contexts.attention_mask, HookPair.parse(PAIR).sites)
     masks = [
@@ -231,7 +231,7 @@ def pair_cache(model, tmp_path_factory):
         [f"{MLP}:in->{MLP}", "model.layers.2", "model.layers.0:in"],  # beside plain ones
         n_tokens=600,
         shard_tokens=64,
-        eval_tokens=100,
+        heldout_tokens=100,
         ctx_len=16,
         batch_size=8,
     )
@@ -293,7 +293,7 @@ def test_cache_stream_of_the_pair_shuffles_and_resumes_exactly(model, pair_cache
         g = next(ib)
         assert torch.equal(g.x, w.x) and torch.equal(g.extras["target"], w.extras["target"])
     # the held-out split carries the pair too
-    held = next(iter(open_stream(spec, batch_size=20, split="eval")))
+    held = next(iter(open_stream(spec, batch_size=20, split="heldout")))
     assert held.extras["target"].shape == (20, 32)
 
 
@@ -557,7 +557,7 @@ def test_train_a_transcoder_end_to_end(tmp_path, capsys):
     ev = json.loads((out / "saes" / "transcoder" / "eval.json").read_text())
     # core FVU is the saved transcoder's error on the MLP OUTPUT of the first 512 held-out
     # tokens, as computed here by hand from the paired cache
-    stream = open_stream(run["train_data"], 128, seed=0, split="eval")
+    stream = open_stream(run["train_data"], 128, seed=0, split="heldout")
     batches = [b for _, b in zip(range(4), stream)]
     x = torch.cat([b.x for b in batches])
     y = torch.cat([b.extras["target"] for b in batches]).double()

@@ -255,8 +255,8 @@ def check_cache_manifest(cache_dir: Path) -> None:
 
 def check_data_spec(spec: str) -> None:
     """Validate what a data spec points at, where that is a file we can check cheaply."""
-    from saekit.training.dataspec import parse_data_spec
+    from saekit.data.spec import parse_data_spec
 
-    parsed = parse_data_spec(spec)
-    if parsed.kind == "cache" and parsed.source:
-        check_cache_manifest(Path(parsed.source))
+    data = parse_data_spec(spec)
+    if data.kind == "cache":
+        check_cache_manifest(Path(data.source))

@@ -33,8 +33,9 @@ from typing import Any, Literal
 import torch
 
 from saekit.data.models import package_dir
+from saekit.data.splits import HELDOUT, check_split
 
-Split = Literal["train", "heldout", "eval", "all"]  # "eval" is an alias of "heldout"
+Split = Literal["train", "heldout", "all"]  # `saekit.data.splits`, or every document
 HELDOUT_FRACTION = 0.02
 
 # Natural-text datasets of sae-probes (one per family of near-duplicate files), mixed in
@@ -70,7 +71,11 @@ def text_hash(text: str) -> bytes:
 
 def is_heldout(text: str, fraction: float) -> bool:
     """Deterministic, order-free held-out membership from the text's hash."""
-    return int.from_bytes(text_hash(text), "big") / 2**64 < fraction
+    return _held_out_hash(text_hash(text), fraction)
+
+
+def _held_out_hash(h: bytes, fraction: float) -> bool:
+    return int.from_bytes(h, "big") / 2**64 < fraction
 
 
 class TextCorpus:
@@ -82,13 +87,9 @@ class TextCorpus:
         raise NotImplementedError
 
     def documents(self, split: Split = "train", seed: int = 0) -> Iterator[Document]:
-        """Documents of ``split`` ("train", "heldout"/"eval" or "all") in the order set by
-        ``seed``."""
-        if split not in ("train", "heldout", "eval", "all"):
-            raise ValueError(
-                f"split must be 'train', 'heldout' (or 'eval') or 'all', got {split!r}"
-            )
-        want_heldout = split in ("heldout", "eval")
+        """Documents of ``split`` ("train", "heldout" or "all") in the order set by ``seed``."""
+        if split != "all":
+            check_split(split)
         seen: set[bytes] = set()
         for doc in self._documents(seed):
             if not doc.text or not doc.text.strip():
@@ -97,8 +98,8 @@ class TextCorpus:
             if h in seen:
                 continue
             seen.add(h)
-            held = int.from_bytes(h, "big") / 2**64 < self.heldout_fraction
-            if split == "all" or held == want_heldout:
+            held = _held_out_hash(h, self.heldout_fraction)
+            if split == "all" or held == (split == HELDOUT):
                 yield doc
 
     def describe(self) -> dict[str, Any]:

@@ -1,12 +1,15 @@
-"""Hookpoints: read module activations out of a model in one (truncated) forward pass.
+"""Hookpoints: read (or replace) module activations in a model's forward pass.
 
 A *hookpoint* is a module path from ``model.named_modules()`` (e.g. ``"model.layers.15"``
 for decoder layer 15 of a Llama-style model), read either at the module's output or its
 first input. A *site* names one of the two explicitly: ``"model.layers.6.mlp:in"`` (input)
 or ``"model.layers.6.mlp:out"`` (output); a bare path means the caller's default ``which``.
-``capture`` hooks several sites in one forward and stops the forward as soon as the last of
-them has fired (by raising a private exception from the hook), so capturing layer 7 of a
-30-layer model costs about 8 layers of compute.
+`hook_sites` is the one way into a model: it calls a function on each site's activation
+and lets it replace the activation. ``capture`` uses it to record several sites in one
+forward and stops the forward as soon as the last of them has fired (by raising a private
+exception from the hook), so capturing layer 7 of a 30-layer model costs about 8 layers of
+compute; splicing, steering and gradient capture (`saekit.data.gradients`) are other
+functions on the same sites.
 
 A *hookpoint pair* ``SOURCE->TARGET`` (`HookPair`) names the input and the reconstruction
 target of a transcoder, captured in the same forward: ``model.layers.6.mlp:in->out`` is the
@@ -21,8 +24,8 @@ taken after the final norm.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -153,15 +156,81 @@ def first_tensor(value: Any) -> torch.Tensor | None:
     return None
 
 
-def _input_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """A module's first input: the first positional tensor, else ``hidden_states=``, else
-    the first tensor keyword argument."""
-    for a in args:
+def _input_key(args: tuple, kwargs: dict) -> int | str | None:
+    """Where a module's first input is: the first positional tensor (its index), else the
+    ``hidden_states`` keyword, else the first tensor keyword (its name)."""
+    for i, a in enumerate(args):
         if isinstance(a, torch.Tensor):
-            return a
+            return i
     if isinstance(kwargs.get("hidden_states"), torch.Tensor):
-        return kwargs["hidden_states"]
-    return next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+        return "hidden_states"
+    return next((k for k, v in kwargs.items() if isinstance(v, torch.Tensor)), None)
+
+
+def _with_first_tensor(value: Any, new: torch.Tensor, site: str) -> Any:
+    """A module output with its activation tensor (see `first_tensor`) replaced by ``new``."""
+    if isinstance(value, torch.Tensor):
+        return new
+    if isinstance(value, tuple) and value:
+        return (_with_first_tensor(value[0], new, site), *value[1:])
+    raise TypeError(f"cannot replace the output of {site!r}: it is {type(value).__name__}")
+
+
+SiteFn = Callable[[torch.Tensor], torch.Tensor | None]
+
+
+def _install(model: nn.Module, site: str, which: Which, fn: SiteFn) -> Any:
+    module = get_module(model, site)
+    if parse_site(site, which)[1] == "output":
+
+        def output_hook(_m: nn.Module, _a: tuple, output: Any) -> Any:
+            x = first_tensor(output)
+            if x is None:
+                raise TypeError(f"hookpoint {site!r} has no tensor output")
+            new = fn(x)
+            return None if new is None else _with_first_tensor(output, new, site)
+
+        return module.register_forward_hook(output_hook)
+
+    # A pre-hook: an input is read (or replaced) before the module itself runs.
+    def input_hook(_m: nn.Module, args: tuple, kwargs: dict) -> Any:
+        key = _input_key(args, kwargs)
+        if key is None:
+            raise TypeError(f"hookpoint {site!r} has no tensor input")
+        new = fn(args[key] if isinstance(key, int) else kwargs[key])
+        if new is None:
+            return None
+        if isinstance(key, int):
+            return (*args[:key], new, *args[key + 1 :]), kwargs
+        return args, {**kwargs, key: new}
+
+    return module.register_forward_pre_hook(input_hook, with_kwargs=True)
+
+
+@contextmanager
+def hook_sites(
+    model: nn.Module, fns: Mapping[str, SiteFn], which: Which = "output"
+) -> Iterator[None]:
+    """Within the block, every forward of ``model`` calls ``fns[site](x)`` with the activation
+    x [batch, seq, d] of each site, and a returned tensor replaces x in the forward (None
+    leaves it). This is saekit's one way into a model: capture, splicing, steering and
+    gradient capture are all this with different functions.
+
+    A site is a module path read at ``which``, or carries its own ``:in``/``:out`` suffix.
+    x is the module's output (a tensor, the first element of a tuple, or the first tensor of
+    a ModelOutput, which can be read but not replaced) or its first input (the first
+    positional tensor, else ``hidden_states=``, else the first tensor keyword argument).
+    """
+    if which not in ("output", "input"):
+        raise ValueError(f"which must be 'output' or 'input', got {which!r}")
+    handles = []
+    try:
+        for site, fn in fns.items():
+            handles.append(_install(model, site, which, fn))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _run(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> Any:
@@ -187,6 +256,8 @@ def list_hookpoints(model: nn.Module, n_tokens: int = 4) -> list[tuple[str, int]
 
         return hook
 
+    # Not `hook_sites`: this probes every module, also those whose output holds no tensor,
+    # which hook_sites refuses.
     for name, module in model.named_modules():
         if name:
             handles.append(module.register_forward_hook(make_hook(name)))
@@ -200,54 +271,34 @@ def list_hookpoints(model: nn.Module, n_tokens: int = 4) -> list[tuple[str, int]
     return [(name, widths[name]) for name, _ in model.named_modules() if name in widths]
 
 
-@contextmanager
 def capture_hooks(
     model: nn.Module,
     sites: Sequence[str],
     which: Which,
     out: dict[str, torch.Tensor],
     stop: bool = True,
-) -> Iterator[None]:
-    """Record each site's activation into ``out[site]`` during a forward. A site with a
-    ``:in``/``:out`` suffix is read there; a bare module path at ``which``. With ``stop``,
-    the last recorded site raises a private exception that ends the forward (`capture`
-    catches it); without it the forward runs on, and a later hook reads ``out`` and
-    removes what it used (transcoder splicing: the source feeds the target's replacement)."""
-    if which not in ("output", "input"):
-        raise ValueError(f"which must be 'output' or 'input', got {which!r}")
+) -> AbstractContextManager[None]:
+    """Record each site's activation into ``out[site]`` during a forward (`hook_sites`).
+    With ``stop``, the last recorded site raises a private exception that ends the forward
+    (`capture` catches it); without it the forward runs on, and a later hook reads ``out``
+    and removes what it used (transcoder splicing: the source feeds the target's
+    replacement)."""
     wanted = set(sites)
 
-    def record(name: str, value: torch.Tensor | None) -> None:
-        if value is None:
-            raise TypeError(f"hookpoint {name!r} has no tensor {parse_site(name, which)[1]}")
-        if name in out:
-            raise RuntimeError(
-                f"hookpoint {name!r} ran twice in one forward; its activation is ambiguous"
-            )
-        # clone: later in-place ops of the model must not change what we recorded.
-        out[name] = value.detach().clone()
-        if stop and wanted.issubset(out):
-            raise _StopForward
-
-    handles = []
-    for name in sites:
-        module = get_module(model, name)
-        if parse_site(name, which)[1] == "output":
-            handles.append(
-                module.register_forward_hook(lambda _m, _a, o, n=name: record(n, first_tensor(o)))
-            )
-        else:
-            # Pre-hook: an input capture stops before the module itself runs.
-            handles.append(
-                module.register_forward_pre_hook(
-                    lambda _m, a, kw, n=name: record(n, _input_tensor(a, kw)), with_kwargs=True
+    def recorder(name: str) -> SiteFn:
+        def record(value: torch.Tensor) -> None:
+            if name in out:
+                raise RuntimeError(
+                    f"hookpoint {name!r} ran twice in one forward; its activation is ambiguous"
                 )
-            )
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+            # clone: later in-place ops of the model must not change what we recorded.
+            out[name] = value.detach().clone()
+            if stop and wanted.issubset(out):
+                raise _StopForward
+
+        return record
+
+    return hook_sites(model, {name: recorder(name) for name in sites}, which)
 
 
 @torch.no_grad()
@@ -294,123 +345,3 @@ def check_activations_finite(act: torch.Tensor, name: str) -> None:
             f"non-finite activations at hookpoint {name!r}: {int(bad.sum())} values, first at "
             f"index {idx}; try float32 weights or check the model"
         )
-
-
-def token_mask(
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    special_ids: Sequence[int] = (),
-    exclude_first: bool = True,
-    activations: torch.Tensor | None = None,
-    max_norm_factor: float | None = None,
-) -> torch.Tensor:
-    """Which tokens an SAE trains and is evaluated on: [batch, seq] bool, True = keep.
-
-    Excludes padding (attention_mask == 0), special tokens (BOS/EOS/PAD ids), the first
-    attended position of every row (a massive-activation sink on SmolLM2 and Gemma-3 even
-    without BOS: 35-160x the median norm), and, given ``activations`` [batch, seq, d] and
-    ``max_norm_factor``, tokens whose norm exceeds factor x the median norm of the tokens
-    still kept (the same outliers at other positions; one of them dominates any MSE).
-    """
-    keep = torch.ones_like(input_ids, dtype=torch.bool)
-    if attention_mask is not None:
-        keep &= attention_mask.bool()
-    if special_ids:
-        ids = torch.tensor(sorted(set(special_ids)), device=input_ids.device)
-        keep &= ~torch.isin(input_ids, ids)
-    if exclude_first:
-        attended = attention_mask.bool() if attention_mask is not None else torch.ones_like(keep)
-        # argmax of a bool row = first True: the first real token also under left padding.
-        first = attended.long().argmax(dim=1)
-        keep[torch.arange(keep.shape[0], device=keep.device), first] = False
-    if max_norm_factor is not None and activations is not None and keep.any():
-        norms = activations.float().norm(dim=-1)
-        keep &= norms <= max_norm_factor * norms[keep].median()
-    return keep
-
-
-def capture_with_grad(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    hookpoints: Sequence[str],
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Activations and the gradient of the next-token loss with respect to them (for g-SAE).
-
-    The loss is the SUM of per-token cross-entropies over predicted positions whose target is
-    attended, so each token's gradient does not depend on the batch size. The last position
-    predicts nothing and gets a zero gradient. Weights stay frozen: the graph is started at
-    the embedding output instead.
-    Returns ({hookpoint: [batch, seq, d]}, {hookpoint: [batch, seq, d]}).
-    """
-    hookpoints = list(dict.fromkeys(hookpoints))
-    live: dict[str, torch.Tensor] = {}
-
-    def keep(name: str, value: Any) -> None:
-        t = first_tensor(value)
-        if t is None or not t.requires_grad:
-            raise TypeError(f"hookpoint {name!r} output is not part of the autograd graph")
-        t.retain_grad()
-        live[name] = t
-
-    embed = model.get_input_embeddings()
-    handles = [embed.register_forward_hook(lambda _m, _a, o: o.detach().requires_grad_())]
-    handles += [
-        get_module(model, n).register_forward_hook(lambda _m, _a, o, n=n: keep(n, o))
-        for n in hookpoints
-    ]
-    try:
-        with torch.enable_grad():
-            logits = _run(model, input_ids, attention_mask).logits
-            target_ok = (
-                attention_mask[:, 1:].bool()
-                if attention_mask is not None
-                else torch.ones_like(input_ids[:, 1:], dtype=torch.bool)
-            )
-            ce = nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="none"
-            )
-            (ce * target_ok.flatten()).sum().backward()
-    finally:
-        for h in handles:
-            h.remove()
-    acts = {n: live[n].detach() for n in hookpoints}
-    grads = {n: live[n].grad.detach() for n in hookpoints}
-    return acts, grads
-
-
-@contextmanager
-def transform_hookpoint(
-    model: nn.Module, hookpoint: str, which: Which, fn: Callable[[torch.Tensor], torch.Tensor]
-) -> Iterator[None]:
-    """Within the block, the hookpoint's output (or first input) tensor x becomes fn(x).
-    A site suffix (``:in``/``:out``) on the hookpoint wins over ``which``. Tuple outputs
-    and the `hidden_states` keyword input are handled; splicing and steering are both this
-    with different `fn`."""
-    if which not in ("output", "input"):
-        raise ValueError(f"which must be 'output' or 'input', got {which!r}")
-    module = get_module(model, hookpoint)
-    which = parse_site(hookpoint, which)[1]
-
-    def output_hook(_m: nn.Module, _a: tuple, output: Any) -> Any:
-        if isinstance(output, torch.Tensor):
-            return fn(output)
-        if isinstance(output, tuple) and isinstance(output[0], torch.Tensor):
-            return (fn(output[0]), *output[1:])
-        raise TypeError(f"cannot modify {hookpoint!r}: output is {type(output).__name__}")
-
-    def input_hook(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if args and isinstance(args[0], torch.Tensor):
-            return (fn(args[0]), *args[1:]), kwargs
-        if isinstance(kwargs.get("hidden_states"), torch.Tensor):
-            return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
-        raise TypeError(f"cannot modify the input of {hookpoint!r}: no tensor argument")
-
-    if which == "output":
-        handle = module.register_forward_hook(output_hook)
-    else:
-        handle = module.register_forward_pre_hook(input_hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()

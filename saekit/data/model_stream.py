@@ -20,7 +20,6 @@ boundaries, so every batch is full except possibly the last one when loop=False.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,14 +27,11 @@ import torch
 from torch import nn
 
 from saekit.data.corpora import TokenizedCorpus, tokenize_corpus
-from saekit.data.hooks import HookPair, Which, capture, get_module, is_pair, parse_site, token_mask
+from saekit.data.hooks import HookPair, Which, capture, get_module, is_pair, parse_site
+from saekit.data.masking import DEFAULT_MASKING, Masking
 from saekit.data.models import describe_model, load_model_cached
-from saekit.data.stream import Batch
-
-
-def _generator(*parts: Any) -> torch.Generator:
-    key = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(key, "big") >> 1)
+from saekit.data.splits import check_split
+from saekit.data.stream import Batch, seeded_generator
 
 
 class ModelStream:
@@ -47,8 +43,8 @@ class ModelStream:
     batch_size: tokens per Batch; x is [batch_size, d_in] float32.
     contexts_per_chunk: contexts per shuffle buffer (the buffer holds their masked tokens).
     forward_batch: contexts per model forward.
-    Masking as `token_mask` (padding, special tokens, first position, optional norm outliers;
-    for a pair a token is an outlier when its source or its target is).
+    masking: which tokens are kept (`saekit.data.masking`; for a pair a token is a norm
+      outlier when its source or its target is).
     """
 
     def __init__(
@@ -61,8 +57,7 @@ class ModelStream:
         contexts_per_chunk: int = 64,
         forward_batch: int = 8,
         which: Which = "output",
-        exclude_first: bool = True,
-        max_norm_factor: float | None = None,
+        masking: Masking = DEFAULT_MASKING,
         loop: bool = True,
     ):
         if batch_size <= 0 or contexts_per_chunk <= 0 or forward_batch <= 0:
@@ -79,7 +74,7 @@ class ModelStream:
         self.model, self.contexts, self.hookpoint, self.which = model, contexts, hookpoint, which
         self.batch_size, self.seed = batch_size, seed
         self.contexts_per_chunk, self.forward_batch = contexts_per_chunk, forward_batch
-        self.exclude_first, self.max_norm_factor = exclude_first, max_norm_factor
+        self.masking = masking
         self.loop = loop
         self.epoch, self.chunk, self.offset = 0, 0, 0
         self._buffer: tuple[tuple[int, int], torch.Tensor] | None = None
@@ -102,14 +97,16 @@ class ModelStream:
         """The permuted masked rows of one chunk, as `_capture` returns them: [n, width]."""
         if self._buffer is not None and self._buffer[0] == (epoch, chunk):
             return self._buffer[1]
-        order = torch.randperm(len(self.contexts), generator=_generator(self.seed, epoch))
+        order = torch.randperm(len(self.contexts), generator=seeded_generator(self.seed, epoch))
         rows = order[chunk * self.contexts_per_chunk : (chunk + 1) * self.contexts_per_chunk]
         parts = [
             self._capture(self.contexts.subset(rows[i : i + self.forward_batch]))
             for i in range(0, len(rows), self.forward_batch)
         ]
         tokens = torch.cat(parts)
-        tokens = tokens[torch.randperm(len(tokens), generator=_generator(self.seed, epoch, chunk))]
+        tokens = tokens[
+            torch.randperm(len(tokens), generator=seeded_generator(self.seed, epoch, chunk))
+        ]
         self._buffer = ((epoch, chunk), tokens)
         return tokens
 
@@ -121,21 +118,8 @@ class ModelStream:
         ids, am = sub.input_ids.to(device), sub.attention_mask.to(device)
         acts = capture(self.model, ids, am, self.sites, self.which)
         parts = [acts[s].cpu() for s in self.sites]
-        mask = self._mask(sub, parts[0])
-        if self.max_norm_factor is not None:
-            for part in parts[1:]:
-                mask &= self._mask(sub, part)
+        mask = self.masking.keep(sub.input_ids, sub.attention_mask, sub.special_ids, parts)
         return torch.cat([p[mask] for p in parts], dim=-1).float()
-
-    def _mask(self, sub: TokenizedCorpus, act: torch.Tensor) -> torch.Tensor:
-        return token_mask(
-            sub.input_ids,
-            sub.attention_mask,
-            sub.special_ids,
-            self.exclude_first,
-            act,
-            self.max_norm_factor,
-        )
 
     def shard(self, rank: int, world_size: int) -> None:
         """Read only chunks rank, rank + W, ... of each epoch's context order (data-parallel
@@ -206,10 +190,7 @@ class ModelStream:
             "n_contexts": len(self.contexts),
             "seed": self.seed,
             "contexts_per_chunk": self.contexts_per_chunk,
-            "masking": {
-                "exclude_first": self.exclude_first,
-                "max_norm_factor": self.max_norm_factor,
-            },
+            "masking": self.masking.describe(),
         }
         if self.pair is not None:
             out["pair"] = self.pair.describe(self.d_in, self.d_out)
@@ -226,29 +207,25 @@ def default_hookpoint(model: nn.Module) -> str:
 
 
 def open_model_stream(
-    spec: str,
+    model: str,
+    hookpoint: str | None,
     batch_size: int,
     seed: int = 0,
     split: str = "train",
+    stream_class: type[ModelStream] = ModelStream,
+    *,
     corpus: str = "default",
     n_contexts: int = 2048,
     ctx_len: int = 128,
-    stream_class: type[ModelStream] | None = None,
     **kwargs: Any,
 ) -> ModelStream:
-    """``"<model>[@<hookpoint>]"`` -> ModelStream (or `stream_class`, e.g. the gradient
-    stream) on the corpus' train or held-out ("eval") split; the hookpoint defaults to the
-    middle decoder layer's output, and may be a pair ``SOURCE->TARGET`` (transcoders).
-    kwargs go to the stream class."""
-    name, at, hookpoint = spec.rpartition("@")
-    if not at:
-        name, hookpoint = spec, ""
-    if is_pair(hookpoint):
-        HookPair.parse(hookpoint)  # a malformed pair fails before the model loads
-    model, tokenizer = load_model_cached(name)
-    corpus_split = {"train": "train", "eval": "heldout"}.get(split)
-    if corpus_split is None:
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    contexts = tokenize_corpus(tokenizer, corpus, n_contexts, ctx_len, corpus_split, seed)
-    cls = stream_class or ModelStream
-    return cls(model, contexts, hookpoint or default_hookpoint(model), batch_size, seed, **kwargs)
+    """A ModelStream (or ``stream_class``, e.g. the gradient stream) over ``n_contexts``
+    contexts of the corpus' train or held-out split, from the model named ``model``
+    (`saekit.data.models`, loaded once per process). The hookpoint defaults to the middle
+    decoder layer's output, and may be a pair ``SOURCE->TARGET`` (transcoders). kwargs go
+    to the stream class."""
+    lm, tokenizer = load_model_cached(model)
+    contexts = tokenize_corpus(tokenizer, corpus, n_contexts, ctx_len, check_split(split), seed)
+    return stream_class(
+        lm, contexts, hookpoint or default_hookpoint(lm), batch_size, seed, **kwargs
+    )

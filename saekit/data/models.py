@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,15 @@ DEFAULT_MODEL = "smollm2-135m"
 
 
 def cache_root() -> Path:
-    """Where saekit keeps de-quantised models (``$SAEKIT_CACHE`` or ``~/.cache/saekit``)."""
-    return Path(os.environ.get("SAEKIT_CACHE", Path.home() / ".cache" / "saekit")).expanduser()
+    """Where saekit keeps what it computes once per machine: de-quantised models, compiled
+    kernels, probing activations (``$SAEKIT_CACHE``, default ``~/.cache/saekit``)."""
+    root = os.environ.get("SAEKIT_CACHE")
+    if not root and os.environ.get("SAEKIT_CACHE_DIR"):  # the compiled kernels' old name
+        warnings.warn(
+            "SAEKIT_CACHE_DIR is deprecated: set SAEKIT_CACHE", FutureWarning, stacklevel=2
+        )
+        root = os.environ["SAEKIT_CACHE_DIR"]
+    return Path(root or Path.home() / ".cache" / "saekit").expanduser()
 
 
 def package_dir(module: str) -> Path | None:

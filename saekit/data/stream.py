@@ -8,11 +8,19 @@ the next batch.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+
+def seeded_generator(*parts: Any) -> torch.Generator:
+    """A generator seeded by a hash of ``parts`` (seed, epoch, chunk, ...): a stream's
+    shuffles are pure functions of its position, which makes resuming exact."""
+    key = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key, "big") >> 1)
 
 
 @dataclass

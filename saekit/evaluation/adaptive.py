@@ -22,8 +22,9 @@ FVU/EV at the training value, FVU at 2× and 4×, extrapolation gain FVU(train) 
 monotonicity violations (FVU rising by > 1e-6 relative between consecutive budgets), and the
 area under FVU over log2(budget) divided by the log2 range.
 
-Functions: `adaptive_curve(sae, x) -> list[point]` (flat), `adaptive_report(sae, x) -> dict`
-(the eval suite's `adaptive` group), `plot_curves`, `markdown_table`.
+Functions: `adaptive_curve(sae, x) -> list[point]` (flat), `adaptive_report(sae, x) -> dict`,
+`adaptive_group(run)` (the eval suite's `adaptive` group). Its table is tables.ADAPTIVE, its
+figures comparison.py's "adaptive" ones.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from saekit.evaluation.base import EvalRun, Skip
 from saekit.sae.base import SAE
 
 # Budget multipliers of the threshold sweep (θ / v).
@@ -287,8 +288,6 @@ def adaptive_report(sae: SAE, x: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
     an inference sparsity knob. kwargs go to `adaptive_curve`."""
     points = adaptive_curve(sae, x, **kwargs)
     if not points:
-        from saekit.evaluation.evaluate import Skip  # the suite's "group does not apply"
-
         raise Skip(f"{sae.architecture} has no inference sparsity knob (n_steps, k or threshold)")
     names = list(dict.fromkeys(p["setting"] for p in points))
     curves = {n: {**summarise([p for p in points if p["setting"] == n]),
@@ -297,77 +296,27 @@ def adaptive_report(sae: SAE, x: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
     return {**curves[primary], "n_tokens": int(x.shape[0]), "curves": curves}
 
 
-def markdown_table(reports: dict[str, dict[str, Any]]) -> str:
-    """A Markdown table, one row per (SAE, setting); reports: name -> adaptive_report."""
-    head = (
-        "| SAE | setting | train | L0 @train | FVU @train | EV @train | FVU @2× | FVU @4× "
-        "(L0) | gain FVU(1×)−FVU(2×) | violations |\n|---|---|---|---|---|---|---|---|---|---|"
+def adaptive_group(run: EvalRun) -> dict[str, Any]:
+    """The adaptive group, on the core group's held-out sample."""
+    run.require_not_transcoder(
+        "adaptive compares the reconstruction with x; a transcoder predicts a target"
     )
-    rows = [head]
-    for name, rep in reports.items():
-        for s in rep["curves"].values():
-            knob = {"n_steps": "T", "k": "k", "threshold_divisor": "θ/"}[s["knob"]]
-            tau = f" τ_rel={s['relative_threshold']:.3g}" if s.get("relative_threshold") else ""
-            rows.append(
-                f"| {name} | {s['setting']}{tau} | {knob}{s['train_value']:g} "
-                f"| {s['l0_at_train']:.1f} "
-                f"| {s['fvu_at_train']:.4f} | {s['ev_at_train']:.4f} | {s['fvu_at_2x']:.4f} "
-                f"| {s['fvu_at_4x']:.4f} ({s['l0_at_4x']:.1f}) | {s['extrapolation_gain']:+.4f} "
-                f"| {s['monotonicity_violations']} |"
-            )
-    return "\n".join(rows) + "\n"
-
-
-def plot_curves(reports: dict[str, dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """PNG: FVU against realised L0 (right) and against budget / training budget (left),
-    one line per (SAE, setting); stars mark the training budget."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 4.2))
-    FigureCanvasAgg(fig)
-    ax_b, ax_l = fig.subplots(1, 2)
-    colours = [f"C{i}" for i in range(10)]
-    i = 0
-    for name, rep in reports.items():
-        for s in rep["curves"].values():
-            pts = sorted(s["points"], key=lambda p: p["value"])
-            style = "--" if s["setting"] == "mp_threshold" else "-"
-            label = f"{name}: {s['setting']}"
-            rel = [p["value"] / s["train_value"] for p in pts]
-            fvu, l0 = [p["fvu"] for p in pts], [p["l0"] for p in pts]
-            c = colours[i % 10]
-            ax_b.plot(rel, fvu, style, color=c, label=label)
-            ax_l.plot(l0, fvu, style, color=c, label=label)
-            star = dict(color=c, ms=12, mec="k", mew=0.5)
-            ax_l.plot([s["l0_at_train"]], [s["fvu_at_train"]], "*", **star)
-            ax_b.plot([1.0], [s["fvu_at_train"]], "*", **star)
-            i += 1
-    for ax in (ax_b, ax_l):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_ylabel("FVU (held-out)")
-        ax.grid(alpha=0.3, which="both")
-    ax_b.set_xlabel("inference budget / training budget (T, k, or θ divisor)")
-    ax_l.set_xlabel("realised L0 (distinct active latents per token)")
-    ax_l.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    x = run.require_sample()
+    s = run.settings
+    report = adaptive_report(
+        run.label_free.sae, x, max_factor=s.adaptive_max_factor,
+        relative_threshold=s.adaptive_relative_threshold,
+    )  # fmt: skip
+    return {"adaptive": {**report, **run.mode_note()}}
 
 
 __all__ = [
     "THRESHOLD_DIVISORS",
     "Setting",
     "adaptive_curve",
+    "adaptive_group",
     "adaptive_report",
     "budgets",
-    "markdown_table",
-    "plot_curves",
     "settings_for",
     "summarise",
 ]

@@ -2,31 +2,37 @@
 methods.md §5.2).
 
 Per token, f̃ = [f_i‖d_i‖ for every latent] ⊕ [‖b_dec‖] is the code on unit-norm atoms with
-the decoder bias as one extra atom. If the active atoms were ε-quasi-orthogonal and
-x = Σ f̃_j u_j exactly, then |‖x‖² − ‖f̃‖²| ≤ ε(‖f̃‖₁² − ‖f̃‖₂²) ≤ ε(h − 1)‖f̃‖², with h the
-number of active atoms (Cauchy–Schwarz: ‖f̃‖₁² ≤ h‖f̃‖₂²). The smallest ε consistent with a
-token, in both forms (labelled):
+the decoder bias as one extra atom. If the atoms were ε-quasi-orthogonal and x = Σ f̃_j u_j
+exactly, then |‖x‖² − ‖f̃‖²| ≤ ε(‖f̃‖₁² − ‖f̃‖₂²) ≤ ε(h − 1)‖f̃‖² for any h at least the
+number of non-zero entries of f̃ (Cauchy–Schwarz: ‖f̃‖₁² ≤ h‖f̃‖₂²). The smallest ε consistent
+with a token, in three forms, each under its own name:
 
-  eps_lbo_h   = |‖x‖² − ‖f̃‖²| / ((h − 1)‖f̃‖²)      (the reference plots' form)
-  eps_lbo_l1  = |‖x‖² − ‖f̃‖²| / (‖f̃‖₁² − ‖f̃‖₂²)    (the tighter form of the same inequality)
+  eps_lbo_width   = |‖x‖² − ‖f̃‖²| / ((p − 1)‖f̃‖²), h = p the dictionary width: the form
+                    of the top-AFA paper (Lee et al. 2025, arXiv 2503.24277), whose h is the
+                    SAE's width;
+  eps_lbo_active  = |‖x‖² − ‖f̃‖²| / ((h − 1)‖f̃‖²), h = the active atoms of f̃ (active
+                    latents, plus the bias atom when b_dec ≠ 0): per-token sparsity enters
+                    it, so it ranks SAEs of different L0 differently from eps_lbo_width;
+  eps_lbo_l1      = |‖x‖² − ‖f̃‖²| / (‖f̃‖₁² − ‖f̃‖₂²), the tighter form of the same inequality.
 
-Both are NaN where undefined (a single active atom). Lower is better; the bound is vacuous
-once ε(h − 1) ≥ 1, so treat ε_LBO as a relative diagnostic. Above the diagonal of the ZF plot
-(‖f̃‖ > ‖x‖) a token is over-activated, below it under-activated.
+eps_lbo_active and eps_lbo_l1 are NaN where undefined (a single active atom). Lower is better;
+the bound is vacuous once ε(h − 1) ≥ 1, so treat ε_LBO as a relative diagnostic. Above the
+diagonal of the ZF plot (‖f̃‖ > ‖x‖) a token is over-activated, below it under-activated.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from saekit.data.stream import ActivationStream
+from saekit.evaluation.base import EvalRun, selection_means
 from saekit.sae.base import SAE
 
 BANDS = (0.25, 0.5, 1.0)  # values of ε(h − 1) drawn on the ZF plot
+EPS_FORMS = ("eps_lbo_width", "eps_lbo_active", "eps_lbo_l1")
+ZF_POINTS = 1000  # tokens kept in the JSON for the ZF plot
 
 
 @torch.no_grad()
@@ -36,10 +42,11 @@ def afa_quantities(
     """Per-token AFA quantities, float64 [n] each.
 
     x [n, d_in] raw inputs; codes [n, n_latents]; W_dec [n_latents, d_in]; b_dec [d_in].
-    Returns input_norm ‖x‖, code_norm ‖f̃‖, n_atoms h, eps_lbo_h, eps_lbo_l1 and nmse
-    ‖x − x̂‖²/‖x‖² (x̂ = codes W_dec + b_dec).
+    Returns input_norm ‖x‖, code_norm ‖f̃‖, n_atoms h (active atoms of f̃), the three ε_LBO
+    forms (module docstring) and nmse ‖x − x̂‖²/‖x‖² (x̂ = codes W_dec + b_dec).
     """
     x, codes, W = x.double(), codes.double(), W_dec.double()
+    width = W.shape[0]
     scaled = (codes * W.norm(dim=-1)).abs()  # |f_i| ‖d_i‖ [n, n_latents]
     bias = W.new_zeros(()) if b_dec is None else b_dec.double().norm()
     sq = scaled.pow(2).sum(-1) + bias.pow(2)  # ‖f̃‖₂²
@@ -47,7 +54,8 @@ def afa_quantities(
     h = (scaled > 0).sum(-1) + (bias > 0).long()
     gap = (x.pow(2).sum(-1) - sq).abs()
     nan = torch.full_like(gap, math.nan)
-    eps_h = torch.where(h > 1, gap / ((h - 1) * sq).clamp_min(1e-300), nan)
+    eps_width = torch.where(sq > 0, gap / ((width - 1) * sq).clamp_min(1e-300), nan)
+    eps_active = torch.where(h > 1, gap / ((h - 1) * sq).clamp_min(1e-300), nan)
     pairs = l1.pow(2) - sq  # Σ_{i≠j} |f̃_i f̃_j| ≥ 0
     eps_l1 = torch.where((h > 1) & (pairs > 0), gap / pairs.clamp_min(1e-300), nan)
     x_hat = codes @ W + (0 if b_dec is None else b_dec.double())
@@ -56,7 +64,8 @@ def afa_quantities(
         "input_norm": x.norm(dim=-1),
         "code_norm": sq.sqrt(),
         "n_atoms": h.double(),
-        "eps_lbo_h": eps_h,
+        "eps_lbo_width": eps_width if width > 1 else nan,
+        "eps_lbo_active": eps_active,
         "eps_lbo_l1": eps_l1,
         "nmse": nmse,
     }
@@ -90,11 +99,11 @@ def summarise(q: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Medians, means and over/under-activation fractions of `afa_quantities` output."""
     x, f = q["input_norm"], q["code_norm"]
     out: dict[str, Any] = {"n_tokens": int(x.numel())}
-    for key in ("eps_lbo_h", "eps_lbo_l1", "nmse", "n_atoms"):
+    for key in (*EPS_FORMS, "nmse", "n_atoms"):
         v = q[key][~torch.isnan(q[key])]
         out[f"median_{key}"] = float(v.median()) if v.numel() else math.nan
         out[f"mean_{key}"] = float(v.mean()) if v.numel() else math.nan
-    out["frac_undefined_eps"] = float(torch.isnan(q["eps_lbo_h"]).double().mean())
+    out["frac_undefined_eps_active"] = float(torch.isnan(q["eps_lbo_active"]).double().mean())
     out["frac_over_activated"] = float((f > x).double().mean())
     out["frac_under_activated"] = float((f < x).double().mean())
     out["median_norm_ratio"] = float((f / x.clamp_min(1e-300)).median())
@@ -106,73 +115,61 @@ def summarise(q: dict[str, torch.Tensor]) -> dict[str, Any]:
     return out
 
 
+def zf_sample(q: dict[str, torch.Tensor], n: int = ZF_POINTS, seed: int = 0) -> dict[str, list]:
+    """Up to n tokens' (‖x‖, ‖f̃‖), drawn at random: what the ZF plot shows."""
+    keep = torch.randperm(q["input_norm"].numel(), generator=torch.Generator().manual_seed(seed))
+    keep = keep[:n].sort().values
+    return {key: q[key][keep].tolist() for key in ("input_norm", "code_norm")}
+
+
 @torch.no_grad()
 def afa_diagnostic(
     sae: SAE,
-    stream: ActivationStream,
-    n_tokens: int = 16384,
+    x: torch.Tensor,
+    extras: dict[str, torch.Tensor] | None = None,
+    batch_size: int = 1024,
     **knobs: Any,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Per-token quantities (concatenated) and their summary, with decoder coherence, over
-    ``n_tokens`` tokens of ``stream``. Batch extras reach the encoder for SAEs that need them
-    (g-SAE's "grad"); ``knobs`` (e.g. k=64) are passed to ``sae.encode``."""
+    """Per-token quantities of x [n, d_in] and their summary, with decoder coherence and the
+    means of the selector's per-token stats (top-AFA: "cap_frac", the share of tokens whose
+    k_max cap bound) under "selection". ``extras`` ([n, ...] each, e.g. g-SAE's "grad") and
+    ``knobs`` (e.g. k=64) reach ``sae.encode``."""
     parts: list[dict[str, torch.Tensor]] = []
-    seen = 0
-    for batch in stream:
-        x = batch.x.float()
-        codes = sae.encode(x, extras=batch.extras, **knobs)
-        parts.append(afa_quantities(x, codes, sae.W_dec, sae.b_dec))
-        seen += len(batch)
-        if seen >= n_tokens:
-            break
+    stats: list[dict[str, torch.Tensor]] = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size].float()
+        eb = {k: v[start : start + batch_size] for k, v in (extras or {}).items()}
+        codes, batch_stats = sae.encode_with_stats(xb, eb, **knobs)
+        parts.append(afa_quantities(xb, codes, sae.W_dec, sae.b_dec))
+        stats.append(batch_stats)
     if not parts:
-        raise ValueError("the stream yielded no tokens")
-    q = {k: torch.cat([p[k] for p in parts])[:n_tokens] for k in parts[0]}
+        raise ValueError("no tokens")
+    q = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     summary = summarise(q)
     summary["coherence"] = decoder_coherence(sae.W_dec.detach())
+    if stats[0]:
+        summary["selection"] = selection_means(
+            {k: torch.cat([s[k] for s in stats]) for k in stats[0]}
+        )
     return q, summary
 
 
-def zf_plot(
-    q: dict[str, torch.Tensor],
-    path: str | Path,
-    title: str = "",
-    max_points: int = 5000,
-    seed: int = 0,
-) -> Path:
-    """Scatter ‖x‖ (horizontal) vs ‖f̃‖ (vertical) with y = x and the bands
-    y = x/√(1 ± ε(h−1)), ε(h−1) ∈ {0.25, 0.5, 1}; writes a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x, f = q["input_norm"], q["code_norm"]
-    if x.numel() > max_points:
-        idx = torch.randperm(x.numel(), generator=torch.Generator().manual_seed(seed))
-        x, f = x[idx[:max_points]], f[idx[:max_points]]
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.scatter(x.numpy(), f.numpy(), s=3, alpha=0.4, color="tab:blue", label="tokens")
-    hi = float(max(x.max(), f.max())) * 1.05
-    grid = torch.linspace(0, hi, 100).numpy()
-    ax.plot(grid, grid, color="black", lw=1, label="‖f̃‖ = ‖x‖")
-    for c, color in zip(BANDS, ("tab:green", "tab:orange", "tab:red")):
-        ax.plot(grid, grid / math.sqrt(1 + c), color=color, lw=0.8, ls="--",
-                label=f"ε(h−1) = {c:g}")  # fmt: skip
-        if c < 1:
-            ax.plot(grid, grid / math.sqrt(1 - c), color=color, lw=0.8, ls="--")
-    ax.set_xlim(0, hi)
-    ax.set_ylim(0, hi)
-    ax.set_xlabel("input norm ‖x‖")
-    ax.set_ylabel("code norm ‖f̃‖ (decoder-norm scaled, with ‖b_dec‖)")
-    ax.set_title(title or "ZF plot: above = over-activation, below = under-activation", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+def afa_group(run: EvalRun) -> dict[str, Any]:
+    """The afa group, on the core group's held-out sample."""
+    run.require_not_transcoder(
+        "afa compares the code norm with ‖x‖; a transcoder predicts a target"
+    )
+    q, summary = afa_diagnostic(run.label_free.sae, run.require_sample())
+    summary["zf_sample"] = zf_sample(q, seed=run.settings.seed)
+    return {"afa": {**summary, **run.mode_note()}}
 
 
-__all__ = ["afa_diagnostic", "afa_quantities", "decoder_coherence", "summarise", "zf_plot"]
+__all__ = [
+    "EPS_FORMS",
+    "afa_diagnostic",
+    "afa_group",
+    "afa_quantities",
+    "decoder_coherence",
+    "summarise",
+    "zf_sample",
+]

@@ -3,7 +3,9 @@
 Figures (written as PNGs beside the page and embedded in it as data URIs, so the page alone
 can be mailed around): L0 vs FVU and L0 vs CE score Pareto plots, log-density histograms,
 probing curves (test AUC vs k, with the raw-activation baselines), adaptive-sparsity curves
-(FVU vs realised inference L0). A figure whose metric no SAE has is left out.
+(FVU vs realised inference L0 and vs budget), ΔCE per inference mode, the steering effect
+and the ZF plot. A figure whose metric no SAE has is left out. Each figure is a `FigureSpec`
+whose `draw(ax, docs)` fills one matplotlib Axes; its table is tables.SUMMARY.
 """
 
 from __future__ import annotations
@@ -21,29 +23,12 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from saekit.evaluation.afa import BANDS as AFA_BANDS
+from saekit.evaluation.base import CONVENTIONS
+from saekit.evaluation.tables import summary_table
+
 Doc = dict[str, Any]
 
-# (label, group, key, format): the comparison table.
-TABLE = [
-    ("arch", "sae", "architecture", "s"),
-    ("latents", "sae", "n_latents", "d"),
-    ("L0", "core", "l0", ".3g"),
-    ("FVU", "core", "fvu", ".4g"),
-    ("cos", "core", "cosine", ".4f"),
-    ("L2 ratio", "core", "l2_ratio", ".3f"),
-    ("dead", "core", "frac_dead", ".1%"),
-    (">1% freq", "core", "frac_dense_1pct", ".1%"),
-    ("CE score", "spliced", "ce_loss_score", ".4f"),
-    ("CE (mean abl.)", "spliced", "ce_loss_score_mean_ablation", ".4f"),
-    ("ΔCE", "spliced", "delta_ce", ".4f"),
-    ("KL score", "spliced", "kl_div_score", ".4f"),
-    ("MCC", "synthetic", "hungarian_mcc", ".3f"),
-    ("MMCS", "synthetic", "mmcs_gt_to_learned", ".3f"),
-    ("AUC k=1", "probing", ("mean", "sae_top_1_test_auc"), ".3f"),
-    ("AUC k=16", "probing", ("mean", "sae_top_16_test_auc"), ".3f"),
-    ("lookup r", "interp", "mean_simulator_r", ".3f"),
-    ("FVU @2×", "adaptive", None, ".4g"),
-]
 COLOURS = [
     "#1f77b4",
     "#d62728",
@@ -94,36 +79,8 @@ def _add(docs: dict[str, Doc], name: str, doc: Doc) -> None:
     docs[name] = doc
 
 
-# ---- table ------------------------------------------------------------------------------------
-
-
-def _value(doc: Doc, group: str, key: Any) -> Any:
-    if group == "adaptive" and key is None:
-        a = doc.get("adaptive") or {}
-        pts = {p.get(a.get("knob")): p["fvu"] for p in a.get("points", [])}
-        return pts.get(2 * a["train_value"]) if a.get("train_value") else None
-    section = doc.get(group) or {}
-    for k in key if isinstance(key, tuple) else (key,):
-        section = section.get(k) if isinstance(section, dict) else None
-    return section
-
-
-def _format(v: Any, spec: str) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    if spec in ("s", "d"):
-        return str(v)
-    return format(v, spec)
-
-
-def table(docs: dict[str, Doc]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows; a column no SAE has is dropped."""
-    cols = [c for c in TABLE if any(_value(d, c[1], c[2]) is not None for d in docs.values())]
-    header = ["SAE", *(c[0] for c in cols)]
-    rows = [
-        [name, *(_format(_value(d, g, k), f) for _, g, k, f in cols)] for name, d in docs.items()
-    ]
-    return header, rows
+def _get(doc: Doc, group: str, key: str) -> Any:
+    return (doc.get(group) or {}).get(key)
 
 
 # ---- figures ----------------------------------------------------------------------------------
@@ -152,34 +109,44 @@ def _by_architecture(docs: dict[str, Doc]) -> dict[str, list[tuple[str, Doc]]]:
     return groups
 
 
-def _pareto(ax: Axes, docs: dict[str, Doc], group: str, key: str, ylabel: str) -> bool:
+def _lines(ax: Axes, families: dict[str, list[tuple[float, float, str]]]) -> bool:
+    """One line per family through its (x, y, point label) triples sorted by x, each point
+    annotated; False when there is nothing to draw."""
     drawn = False
-    # An architecture's line takes the colour of its first SAE, as in the per-SAE figures.
-    first = {}
-    for n, name in enumerate(docs):
-        first.setdefault(_arch(docs[name]), n)
-    for arch, items in _by_architecture(docs).items():
-        pts = sorted(
-            (d["core"]["l0"], _value(d, group, key), name)
-            for name, d in items
-            if (d.get("core") or {}).get("l0") is not None and _value(d, group, key) is not None
-        )
+    for i, (family, pts) in enumerate(families.items()):
         if not pts:
             continue
-        xs, ys, names = zip(*pts)
-        ax.plot(xs, ys, "o-", color=_colour(first[arch]), label=arch, ms=6, lw=1.5)
+        pts = sorted(pts)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=_colour(i), label=family,
+                ms=6, lw=1.5)  # fmt: skip
         for x, y, n in pts:
             ax.annotate(
                 n, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color="#444"
             )
         drawn = True
     ax.margins(x=0.15, y=0.12)
-    ax.set_xlabel("L0 (active latents per token)")
-    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if drawn:
-        ax.legend(fontsize=8, title="architecture", title_fontsize=8)
+        ax.legend(fontsize=8)
     return drawn
+
+
+def _pareto(ax: Axes, docs: dict[str, Doc], group: str, key: str, ylabel: str) -> bool:
+    """`group.key` against the core L0, one line per architecture."""
+    families: dict[str, list[tuple[float, float, str]]] = {}
+    for name, d in docs.items():
+        x, y = _get(d, "core", "l0"), _get(d, group, key)
+        families.setdefault(_arch(d), [])
+        if x is not None and y is not None:
+            families[_arch(d)].append((x, y, name))
+    ax.set_xlabel("L0 (active latents per token)")
+    ax.set_ylabel(ylabel)
+    return _lines(ax, families)
+
+
+def _conventions(docs: dict[str, Doc]) -> list[str]:
+    """The spliced conventions the documents used (docs/eval-schema.md)."""
+    return sorted({str(c) for d in docs.values() if (c := _get(d, "spliced", "convention"))})
 
 
 def _draw_fvu(ax: Axes, docs: dict[str, Doc]) -> bool:
@@ -191,7 +158,56 @@ def _draw_fvu(ax: Axes, docs: dict[str, Doc]) -> bool:
 
 
 def _draw_ce(ax: Axes, docs: dict[str, Doc]) -> bool:
-    return _pareto(ax, docs, "spliced", "ce_loss_score", "CE loss score (higher is better)")
+    label = f"CE loss score, {', '.join(_conventions(docs))} convention (higher is better)"
+    return _pareto(ax, docs, "spliced", "ce_loss_score", label)
+
+
+def _draw_spliced_variants(ax: Axes, docs: dict[str, Doc]) -> bool:
+    """ΔCE against L0 on the spliced tokens, one line per (architecture, inference mode),
+    when some SAE has several modes (g-SAE: label-free "topk" beside label-informed
+    "gradient")."""
+    if not any(len(_get(d, "spliced", "variants") or {}) > 1 for d in docs.values()):
+        return False
+    families: dict[str, list[tuple[float, float, str]]] = {}
+    for name, d in docs.items():
+        for variant, v in (_get(d, "spliced", "variants") or {}).items():
+            family = _arch(d) if variant == "sae" else f"{_arch(d)} {variant}"
+            family += " (label-informed)" if v.get("label_informed") else ""
+            if v.get("l0") is not None and v.get("delta_ce") is not None:
+                families.setdefault(family, []).append((v["l0"], v["delta_ce"], name))
+    ax.set_xlabel("L0 on the spliced tokens")
+    ax.set_ylabel(f"ΔCE = CE_spliced − CE_clean, {', '.join(_conventions(docs))} convention")
+    return _lines(ax, families)
+
+
+def _draw_steering(ax: Axes, docs: dict[str, Doc]) -> bool:
+    return _pareto(ax, docs, "steering", "mean_logit_shift_per_norm", "steering Δlogit / α (mean)")
+
+
+def _draw_zf(ax: Axes, docs: dict[str, Doc]) -> bool:
+    """‖f̃‖ against ‖x‖ per token (afa's sample), with y = x and the ε(h−1) bands."""
+    hi = 0.0
+    for i, (name, d) in enumerate(docs.items()):
+        z = _get(d, "afa", "zf_sample")
+        if not z or not z["input_norm"]:
+            continue
+        ax.scatter(z["input_norm"], z["code_norm"], s=3, alpha=0.4, color=_colour(i), label=name)
+        hi = max(hi, *z["input_norm"], *z["code_norm"])
+    if hi == 0:
+        return False
+    grid = [hi * 1.05 * t / 50 for t in range(51)]
+    ax.plot(grid, grid, color="black", lw=1, label="‖f̃‖ = ‖x‖")
+    for c, colour in zip(AFA_BANDS, ("tab:green", "tab:orange", "tab:red")):
+        ax.plot(grid, [g / math.sqrt(1 + c) for g in grid], color=colour, lw=0.8, ls="--",
+                label=f"ε(h−1) = {c:g}")  # fmt: skip
+        if c < 1:
+            ax.plot(grid, [g / math.sqrt(1 - c) for g in grid], color=colour, lw=0.8, ls="--")
+    ax.set_xlim(0, hi * 1.05)
+    ax.set_ylim(0, hi * 1.05)
+    ax.set_xlabel("input norm ‖x‖")
+    ax.set_ylabel("code norm ‖f̃‖ (decoder-norm scaled, with ‖b_dec‖)")
+    ax.legend(fontsize=7, loc="upper left")
+    return True
 
 
 def _draw_density(ax: Axes, docs: dict[str, Doc]) -> bool:
@@ -259,36 +275,43 @@ def _draw_probing(ax: Axes, docs: dict[str, Doc]) -> bool:
     return True
 
 
-def _draw_adaptive(ax: Axes, docs: dict[str, Doc]) -> bool:
+def _adaptive_curves(ax: Axes, docs: dict[str, Doc], relative: bool) -> bool:
+    """Every setting's FVU curve of every SAE against realised L0 (relative=False) or the
+    budget as a multiple of the training one; the star marks the training budget."""
     drawn = False
     for i, (name, d) in enumerate(docs.items()):
-        a = d.get("adaptive") or {}
-        pts = a.get("points")
-        if not pts:
-            continue
-        knob = a.get("knob", "k")
-        ax.plot(
-            [p["l0"] for p in pts],
-            [p["fvu"] for p in pts],
-            "o-" if len(pts) <= 16 else "-",  # dense sweeps (every k) read better as a line
-            color=_colour(i),
-            ms=4,
-            label=f"{name} ({knob})",
-        )
-        train = [p for p in pts if p.get(knob) == a.get("train_value")]
-        if train:
-            ax.plot(
-                [train[0]["l0"]], [train[0]["fvu"]], "*", color=_colour(i), ms=14, mec="k", mew=0.6
-            )
-        drawn = True
+        for curve in (_get(d, "adaptive", "curves") or {}).values():
+            pts = sorted(curve["points"], key=lambda p: p["value"])
+            train = curve["train_value"]
+            xs = [p["value"] / train if relative else p["l0"] for p in pts]
+            style = "--" if curve["setting"] == "mp_threshold" else "-"
+            ax.plot(xs, [p["fvu"] for p in pts], style, color=_colour(i),
+                    label=f"{name}: {curve['setting']}")  # fmt: skip
+            star = 1.0 if relative else curve["l0_at_train"]
+            if star is not None and curve["fvu_at_train"] is not None:
+                ax.plot([star], [curve["fvu_at_train"]], "*", color=_colour(i), ms=12, mec="k",
+                        mew=0.5)  # fmt: skip
+            drawn = True
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("realised inference L0")
-    ax.set_ylabel("FVU")
+    ax.set_xlabel(
+        "inference budget / training budget (T, k, or θ divisor)"
+        if relative
+        else "realised inference L0 (distinct active latents per token)"
+    )
+    ax.set_ylabel("FVU (held-out)")
     ax.grid(alpha=0.3, which="both")
     if drawn:
         ax.legend(fontsize=7)
     return drawn
+
+
+def _draw_adaptive(ax: Axes, docs: dict[str, Doc]) -> bool:
+    return _adaptive_curves(ax, docs, relative=False)
+
+
+def _draw_adaptive_budget(ax: Axes, docs: dict[str, Doc]) -> bool:
+    return _adaptive_curves(ax, docs, relative=True)
 
 
 FIGURES = [
@@ -320,9 +343,37 @@ FIGURES = [
     FigureSpec(
         "adaptive",
         "Adaptive sparsity",
-        "FVU when the inference budget (k or pursuit steps) differs from training; the star marks the "
-        "training budget.",
+        "FVU against the realised L0 when the inference budget (k, pursuit steps, threshold) differs "
+        "from training; dashed: MP with a residual stop; the star marks the training budget.",
         _draw_adaptive,
+    ),
+    FigureSpec(
+        "adaptive_budget",
+        "Adaptive sparsity by budget",
+        "The same curves against the inference budget as a multiple of the training budget.",
+        _draw_adaptive_budget,
+    ),
+    FigureSpec(
+        "spliced_variants",
+        "Inference modes in the model loop",
+        "ΔCE with the SAE spliced in, per inference mode. A g-SAE's gradient mode reads ∂CE/∂x of "
+        "the very tokens it is scored on, so it sees the labels (label-informed); its topk mode "
+        "does not.",
+        _draw_spliced_variants,
+    ),
+    FigureSpec(
+        "steering",
+        "Steering effect",
+        "Mean centred logit change per unit steering norm when one decoder atom is added at one "
+        "position (α = κ · median ‖x‖, the same for every SAE).",
+        _draw_steering,
+    ),
+    FigureSpec(
+        "zf",
+        "Code norm vs input norm (ZF plot)",
+        "Per token, ‖f̃‖ (codes on unit atoms, with ‖b_dec‖ as one more atom) against ‖x‖; above "
+        "the diagonal is over-activation, below under-activation; dashed: y = x/√(1 ± ε(h−1)).",
+        _draw_zf,
     ),
 ]
 
@@ -376,7 +427,7 @@ def write_report(docs: dict[str, Doc], out: str | Path, title: str = "SAE compar
         path = render_figure(spec, docs, out.with_name(f"{out.stem}_{spec.name}.png"))
         if path is not None:
             figures.append((spec, path))
-    header, rows = table(docs)
+    header, rows = summary_table(docs)
     page = _page(title, docs, header, rows, figures)
     out.write_text(page, encoding="utf-8")
     return Report(out, [p for _, p in figures])
@@ -414,6 +465,11 @@ def _page(
     tokens = sorted(
         {int(d["core"]["n_tokens"]) for d in docs.values() if (d.get("core") or {}).get("n_tokens")}
     )
+    conventions = "".join(
+        f"CE/KL positions, {c} convention: {CONVENTIONS[c]}. "
+        for c in _conventions(docs)
+        if c in CONVENTIONS
+    )
     created = sorted(
         {(d.get("environment") or {}).get("created", "") for d in docs.values()} - {""}
     )
@@ -426,7 +482,8 @@ def _page(
 {" · evaluated " + e(created[-1]) if created else ""}</p>
 <h2>Summary</h2>
 <div class="tablewrap"><table id="summary"><thead><tr>{thead}</tr></thead><tbody>{tbody}</tbody></table></div>
-<p class="muted">FVU = 1 − EV (centred); CE/KL scores use zero ablation unless marked; "AUC k": k-sparse
+<p class="muted">FVU = 1 − EV (centred); CE/KL scores use zero ablation unless marked;
+{e(conventions)}"capped": share of tokens where top-AFA's k_max cap bound; "AUC k": k-sparse
 probe test AUC, mean over the sae-probes datasets evaluated;
 "lookup r": the token/bigram-lookup simulator's Pearson r (LLM-free proxy); "FVU @2×": at twice the training
 k / steps / threshold budget. Definitions: docs/eval-schema.md.</p>
@@ -449,4 +506,4 @@ def _data_label(doc: Doc) -> str:
     return stream.get("source", "?") if stream else "?"
 
 
-__all__ = ["FIGURES", "Report", "load_docs", "table", "write_report"]
+__all__ = ["FIGURES", "FigureSpec", "Report", "load_docs", "write_report"]

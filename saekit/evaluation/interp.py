@@ -27,7 +27,9 @@ import torch
 from torch import nn
 
 from saekit.data.corpora import TokenizedCorpus
-from saekit.data.hooks import Which, capture, token_mask
+from saekit.data.hooks import Which, capture
+from saekit.data.masking import token_mask
+from saekit.evaluation.base import EvalRun
 
 
 @dataclass
@@ -465,10 +467,29 @@ def _nanmean(values: Sequence[float]) -> float:
     return float(arr.mean()) if arr.size else float("nan")
 
 
+def interp_group(run: EvalRun) -> dict[str, Any]:
+    """The interp group: the proxies of `interp_latents` sampled latents on held-out contexts."""
+    model, tokenizer, source = run.require_model()
+    sae = run.label_free.sae
+    contexts = run.contexts("heldout", run.settings.interp_contexts)
+    records = record_activations(sae, model, contexts, source.hookpoint, source.which)  # type: ignore[arg-type]
+    latents = sample_latents(records, run.settings.interp_latents, run.settings.seed)
+    report = interp_report(records, latents, model, sae.W_dec, tokenizer)
+    return {
+        "interp": {
+            "n_contexts": len(contexts),
+            "ctx_len": contexts.ctx_len,
+            **report,
+            **run.mode_note(),
+        }
+    }
+
+
 __all__ = [
     "LatentRecords",
     "example_text",
     "example_window",
+    "interp_group",
     "interp_report",
     "logit_lens",
     "pearson",

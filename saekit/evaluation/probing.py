@@ -35,6 +35,7 @@ from scipy.optimize import minimize
 
 from saekit.data.hooks import Which, capture
 from saekit.data.models import cache_root, package_dir
+from saekit.evaluation.base import EvalRun, Skip
 
 DEFAULT_DATASETS = (
     "118_us_state_CA",
@@ -125,6 +126,24 @@ def balanced_split(
 # ---- activations --------------------------------------------------------------------------
 
 
+def tokenize_prompts(tokenizer: Any, prompts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids of each prompt, left-truncated to max_length (the end of the prompt is what
+    its last token sees)."""
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        return tokenizer(list(prompts), truncation=True, max_length=max_length)["input_ids"]
+    finally:
+        tokenizer.truncation_side = side
+
+
+def multi_token(tokenizer: Any, prompts: Sequence[str], max_length: int) -> np.ndarray:
+    """[n] bool: which prompts are at least two tokens long. A one-token prompt's "last
+    token" is position 0, the attention sink (a massive activation that carries no content),
+    so it cannot be probed like the others."""
+    return np.array([len(ids) > 1 for ids in tokenize_prompts(tokenizer, prompts, max_length)])
+
+
 @torch.no_grad()
 def last_token_activations(
     model: torch.nn.Module,
@@ -137,15 +156,10 @@ def last_token_activations(
 ) -> torch.Tensor:
     """Activation at the last token of each prompt: [n, d] float32, in prompt order.
 
-    Prompts are left-truncated to max_length tokens (the end of the prompt is what the last
-    token sees) and right-padded; batches are formed by length so little compute is padding.
+    Prompts are left-truncated to max_length tokens (`tokenize_prompts`) and right-padded;
+    batches are formed by length so little compute is padding.
     """
-    side = tokenizer.truncation_side
-    tokenizer.truncation_side = "left"
-    try:
-        enc = tokenizer(list(prompts), truncation=True, max_length=max_length)["input_ids"]
-    finally:
-        tokenizer.truncation_side = side
+    enc = tokenize_prompts(tokenizer, prompts, max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
@@ -531,6 +545,45 @@ def summarise(per_dataset: dict[str, dict[str, Any]], ks: Sequence[int]) -> dict
     return out
 
 
+def probing_group(run: EvalRun) -> dict[str, Any]:
+    """The probing group: `probe_dataset` on every task of the settings, without the
+    prompts one token long (`multi_token`), which are counted (n_skipped_one_token)."""
+    model, tokenizer, source = run.require_model()
+    ps = run.settings.probe
+    per_dataset: dict[str, Any] = {}
+    for name in ps.datasets:
+        task = load_task(name)
+        x = cached_task_activations(
+            model, tokenizer, task, source.hookpoint, source.model,
+            source.which, ps.max_length, ps.batch_size, ps.cache_dir,  # type: ignore[arg-type]
+        )  # fmt: skip
+        if x.shape[1] != run.sae.d_in:
+            raise Skip(
+                f"activations at {source.hookpoint} have width {x.shape[1]}, SAE d_in {run.sae.d_in}"
+            )
+        keep = multi_token(tokenizer, task.prompts, ps.max_length)
+        key = ("probe_baseline", source, name, repr(ps))
+        res = probe_dataset(
+            run.label_free.sae, x[torch.from_numpy(keep)], task.labels[keep], ps,
+            run.shared.get(key),
+        )  # fmt: skip
+        run.shared[key] = {k: res[k] for k in ("raw", "raw_dense_l2") if k in res}
+        per_dataset[name] = {
+            "positive_class": task.positive_class,
+            "n_prompts": len(keep),
+            "n_skipped_one_token": int((~keep).sum()),
+            **res,
+        }
+    return {
+        "probing": {
+            "settings": ps.to_dict(),
+            "datasets": per_dataset,
+            "mean": summarise(per_dataset, ps.ks),
+            **run.mode_note(),
+        }
+    }
+
+
 __all__ = [
     "C_GRID",
     "DEFAULT_DATASETS",
@@ -545,8 +598,11 @@ __all__ = [
     "k_sparse_probe",
     "last_token_activations",
     "load_task",
+    "multi_token",
     "probe_dataset",
+    "probing_group",
     "rank_latents",
     "roc_auc",
     "summarise",
+    "tokenize_prompts",
 ]

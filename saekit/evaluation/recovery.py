@@ -15,6 +15,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from saekit.data.synthetic import SyntheticRecipe
+from saekit.evaluation.base import EvalRun, Skip
 
 
 class Encoder(Protocol):
@@ -251,6 +252,16 @@ def recovery_report(
     return report
 
 
+def synthetic_group(run: EvalRun) -> dict[str, Any]:
+    """The synthetic group: `recovery_report` on fresh samples of the stream's recipe."""
+    recipe = getattr(run.stream, "recipe", None)
+    if recipe is None:
+        raise Skip("not trained on a synthetic recipe")
+    n = min(run.settings.n_tokens, 16384)
+    report = recovery_report(run.label_free.sae, recipe, n_samples=n, seed=12345)
+    return {"synthetic": {**report, **run.mode_note()}}
+
+
 __all__ = [
     "absorption_score",
     "activation_matching",
@@ -263,5 +274,6 @@ __all__ = [
     "mmcs",
     "recovery_report",
     "signed_cosines",
+    "synthetic_group",
     "uniqueness",
 ]

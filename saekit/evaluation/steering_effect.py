@@ -20,7 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from saekit.data.hooks import Which, capture, get_module, token_mask
+from saekit.data.hooks import Which, capture, get_module, hook_sites
+from saekit.data.masking import predictions, token_mask
+from saekit.evaluation.base import EvalRun, Skip
 
 
 def steering_positions(
@@ -32,9 +34,7 @@ def steering_positions(
 ) -> torch.Tensor:
     """One random position per context [n] among tokens kept by `token_mask` that also
     predict an attended token, below max_position (cheap forwards)."""
-    keep = token_mask(input_ids, attention_mask, special_ids)
-    keep[:, :-1] &= attention_mask[:, 1:].bool()
-    keep[:, -1] = False
+    keep = predictions(token_mask(input_ids, attention_mask, special_ids), attention_mask)
     keep[:, max_position:] = False
     if not keep.any(-1).all():
         raise ValueError("a context has no usable position below max_position")
@@ -49,31 +49,15 @@ def _log_probs_at(
     return torch.log_softmax(logits[torch.arange(len(pos)), pos].float(), dim=-1)
 
 
-def _add_at(
-    module: nn.Module, which: Which, rows: torch.Tensor, pos: torch.Tensor, delta: torch.Tensor
-):
-    """Hook adding delta [n, d] at (rows, pos) of the hookpoint's activation."""
+def _added_at(rows: torch.Tensor, pos: torch.Tensor, delta: torch.Tensor):
+    """x -> x with delta [d] added at (rows, pos) of the activation [batch, seq, d]."""
 
     def shift(x: torch.Tensor) -> torch.Tensor:
         out = x.clone()
-        out[rows, pos] += delta.to(x.dtype)
+        out[rows, pos] += delta.to(x.device, x.dtype)
         return out
 
-    if which == "output":
-
-        def hook(_m, _a, output):
-            if isinstance(output, torch.Tensor):
-                return shift(output)
-            return (shift(output[0]), *output[1:])
-
-        return module.register_forward_hook(hook)
-
-    def pre_hook(_m, args, kwargs):
-        if args:
-            return (shift(args[0]), *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": shift(kwargs["hidden_states"])}
-
-    return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    return shift
 
 
 @torch.no_grad()
@@ -110,7 +94,7 @@ def steering_effect(
     Returns per-atom lists "kl", "logit_shift" (means over contexts) and, averaged over
     atoms, "mean_kl", "mean_kl_per_norm", "mean_logit_shift_per_norm" plus medians.
     """
-    module = get_module(model, hookpoint)
+    get_module(model, hookpoint)
     device = next(model.parameters()).device
     atoms = atoms.float() / atoms.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
     kl = torch.zeros(len(atoms), dtype=torch.float64)
@@ -123,12 +107,8 @@ def steering_effect(
         rows = torch.arange(len(ids), device=device)
         clean = _log_probs_at(model, ids, am, pos)
         for i, atom in enumerate(atoms):
-            delta = (alpha * atom).to(device).expand(len(ids), -1)
-            handle = _add_at(module, which, rows, pos, delta)
-            try:
+            with hook_sites(model, {hookpoint: _added_at(rows, pos, alpha * atom)}, which):
                 steered = _log_probs_at(model, ids, am, pos)
-            finally:
-                handle.remove()
             kl[i] += (clean.exp() * (clean - steered)).sum(-1).double().sum().cpu()
             dz = steered - clean  # log-softmax differences = centred-up-to-constant logits
             dz = dz - dz.mean(-1, keepdim=True)
@@ -153,4 +133,32 @@ def steering_effect(
     }
 
 
-__all__ = ["median_token_norm", "steering_effect", "steering_positions"]
+def steering_group(run: EvalRun) -> dict[str, Any]:
+    """The steering group: `steering_effect` of `steer_latents` latents drawn from those alive
+    on the core group's held-out tokens, with the same contexts, positions and α for every
+    SAE of the run on one hookpoint."""
+    model, _, source = run.require_model()
+    run.require_not_transcoder("steering adds atoms at the SAE's input; a transcoder's atoms "
+                               "live at its target")  # fmt: skip
+    if run.density is None:
+        raise Skip("needs the core group's firing densities (add core to the groups)")
+    s = run.settings
+    ctx = run.contexts("heldout", s.steer_contexts)
+    ids, am = ctx.input_ids, ctx.attention_mask
+    positions = steering_positions(ids, am, ctx.special_ids, s.steer_max_position, s.seed)
+    key = ("steering_alpha", source, s.corpus, s.steer_contexts, s.ctx_len, s.seed, s.kappa)
+    if key not in run.shared:
+        median = median_token_norm(model, ids, am, source.hookpoint, source.which, ctx.special_ids)  # type: ignore[arg-type]
+        run.shared[key] = s.kappa * median
+    alive = torch.nonzero(run.density > 0).flatten()
+    if len(alive) == 0:
+        raise Skip("no latent fired on the held-out tokens")
+    gen = torch.Generator().manual_seed(s.seed)
+    pick = alive[torch.randperm(len(alive), generator=gen)[: s.steer_latents]]
+    atoms = run.sae.W_dec.detach()[pick]
+    res = steering_effect(model, ids, am, source.hookpoint, atoms, run.shared[key], positions,
+                          source.which)  # type: ignore[arg-type]  # fmt: skip
+    return {"steering": {"latents": pick.tolist(), "kappa": s.kappa, **res}}
+
+
+__all__ = ["median_token_norm", "steering_effect", "steering_group", "steering_positions"]

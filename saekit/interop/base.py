@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from saekit.sae.base import SAE
+from saekit.sae.provenance import Provenance
 from saekit.sae.registry import architectures, create, get_architecture
 
 
@@ -119,26 +120,18 @@ def data_record(hookpoint: str | None, which: str, **names: Any) -> dict[str, An
     return {k: v for k, v in out.items() if v is not None}
 
 
-def sae_metadata(sae: SAE) -> dict[str, Any]:
-    return dict(getattr(sae, "metadata", None) or {})
-
-
 def hookpoint_of(sae: SAE) -> tuple[str | None, str]:
     """(module path, 'output'|'input') recorded for a saekit SAE, or (None, 'output')."""
     from saekit.interop.hookpoints import parse_site
 
-    data = sae_metadata(sae).get("data") or {}
-    if not data.get("hookpoint"):
-        return None, data.get("which") or "output"
-    return parse_site(str(data["hookpoint"]), data.get("which") or "output")
+    recorded = Provenance.of(sae)
+    if not recorded.hookpoint:
+        return None, recorded.which
+    return parse_site(recorded.hookpoint, recorded.which)
 
 
 def model_of(sae: SAE) -> str | None:
-    data = sae_metadata(sae).get("data") or {}
-    model = data.get("model")
-    if isinstance(model, dict):
-        model = model.get("name") or model.get("id") or model.get("path")
-    return str(model) if model else None
+    return Provenance.of(sae).model
 
 
 def uniform_value(t: torch.Tensor, rel: float = 1e-6) -> float | None:

@@ -73,7 +73,7 @@ def write(sae: SAE, path: str | Path, fmt: str, hookpoint: str | None = None,
           model_name: str | None = None, layout: str = "llama") -> Path:  # fmt: skip
     """Write `sae` to `path` in format `fmt`; returns the folder written."""
     if fmt == "saekit":
-        meta = dict(getattr(sae, "metadata", None) or {})
+        meta = dict(sae.metadata)
         if hookpoint:
             data = meta["data"] = dict(meta.get("data") or {})
             if is_tl_name(hookpoint):

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from saekit.interop import hookpoints as hp
-from saekit.interop.base import InteropError, hookpoint_of, is_transcoder, model_of, sae_metadata
+from saekit.interop.base import InteropError, hookpoint_of, is_transcoder, model_of
 from saekit.sae.base import SAE
+from saekit.sae.provenance import Provenance
 
 
 @dataclass
@@ -69,7 +70,7 @@ class SAEBenchAdapter(nn.Module):
             raise InteropError("SAEBench evaluates autoencoders; a transcoder has no SAEBench view")
         self.sae = sae
         if hook_name is None:
-            recorded = (sae_metadata(sae).get("data") or {}).get("tl_hook_name")
+            recorded = Provenance.of(sae).tl_hook_name
             module, which = hookpoint_of(sae)
             if recorded:
                 hook_name = recorded

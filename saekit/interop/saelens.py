@@ -44,12 +44,12 @@ from saekit.interop.base import (
     need,
     provenance,
     read_json,
-    sae_metadata,
     transcoder_options,
     uniform_value,
     unsupported,
 )
 from saekit.sae.base import SAE
+from saekit.sae.provenance import Provenance
 
 CONFIG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
@@ -353,19 +353,17 @@ def _write_transcoder(sae: SAE, sd: dict, cfg: dict) -> tuple[str, dict]:
 
 def _names(sae: SAE, hookpoint: str | None, layout: str) -> tuple[str | None, str | None, str]:
     """(TransformerLens name, module path, which) for the written cfg."""
-    meta = sae_metadata(sae).get("data") or {}
     if hookpoint and hp.is_tl_name(hookpoint):
         module, which = hp.tl_to_module(hookpoint, layout)
         return hookpoint, module, which
     module, which = hp.parse_site(hookpoint) if hookpoint else hookpoint_of(sae)
+    recorded = Provenance.of(sae).tl_hook_name
     if not module:
-        return meta.get("tl_hook_name"), None, which
+        return recorded, None, which
     try:
         return hp.module_to_tl(module, which), module, which
     except hp.HookpointError:
-        if meta.get("tl_hook_name"):
-            return meta["tl_hook_name"], module, which
-        return None, module, which
+        return recorded, module, which
 
 
 def _dumps(cfg: dict) -> str:

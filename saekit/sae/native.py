@@ -1,7 +1,7 @@
 """The C kernels of pursuit_kernels.c, compiled on first use and loaded through ctypes.
 
 Built once per machine with the system C compiler (`$CC`, else `cc`) for the host CPU
-(-march=native) into `$SAEKIT_CACHE_DIR` (default ~/.cache/saekit)/native/<key>/, where the
+(-march=native) into `$SAEKIT_CACHE` (default ~/.cache/saekit)/native/<key>/, where the
 key hashes the source, the flags, the compiler and the CPU, so a changed source, compiler or
 machine gets its own build. A build takes well under a second. Without a compiler, or with
 SAEKIT_NATIVE=0, `library()` returns None and callers use their torch path (the reference,
@@ -91,8 +91,9 @@ def library() -> ctypes.CDLL | None:
     key = hashlib.sha256(
         "\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_signature()]).encode()
     ).hexdigest()[:16]
-    root = Path(os.environ.get("SAEKIT_CACHE_DIR") or Path.home() / ".cache" / "saekit")
-    target = root / "native" / key / "kernels.so"
+    from saekit.data.models import cache_root
+
+    target = cache_root() / "native" / key / "kernels.so"
     try:
         if not target.exists():
             _build(cc, version, target)

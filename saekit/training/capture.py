@@ -65,6 +65,7 @@ def capture(
     from saekit.data.cache import write_cache
     from saekit.data.corpora import open_corpus
     from saekit.data.hooks import HookPair, get_module, is_pair
+    from saekit.data.masking import Masking
     from saekit.data.model_stream import default_hookpoint
     from saekit.data.models import load_model_cached, quiet_transformers
 
@@ -99,12 +100,12 @@ def capture(
             n_tokens,
             dtype=cfg.cache_dtype,
             shard_tokens=cfg.shard_tokens,
-            eval_tokens=cfg.eval_tokens(n_tokens) if eval_tokens is None else eval_tokens,
+            heldout_tokens=cfg.eval_tokens(n_tokens) if eval_tokens is None else eval_tokens,
             ctx_len=cfg.ctx_len,
             batch_size=cfg.contexts_per_forward,
             seed=seed,
             which=which,  # type: ignore[arg-type]
-            max_norm_factor=cfg.max_norm_factor,
+            masking=Masking(max_norm_factor=cfg.max_norm_factor),
             with_grad=with_grad,
             overwrite=overwrite,
             progress=progress,
@@ -138,11 +139,10 @@ def parse_model_spec(spec: str) -> tuple[str, list[str]]:
     """'model:NAME@H1,H2' -> (NAME, [H1, H2]) with canonical hookpoint names ([""]: the
     model's default). A malformed pair fails here, before any model loads."""
     from saekit.data.hooks import canonical_hookpoint
-    from saekit.training.dataspec import parse_data_spec
+    from saekit.data.spec import parse_data_spec
 
-    parsed = parse_data_spec(spec)
-    hookpoints = [canonical_hookpoint(h) for h in parsed.hookpoints] or [""]
-    return parsed.source or "default", hookpoints
+    data = parse_data_spec(spec)
+    return data.source, [canonical_hookpoint(h) for h in data.hookpoints] or [""]
 
 
 def reusable_cache(
@@ -156,7 +156,8 @@ def reusable_cache(
     """The hookpoint of a cache in `cache_dir` that already holds what this run asks for
     (the same model, corpus, context length, dtype and masking, enough tokens, gradients
     when needed), or None."""
-    from saekit.data.cache import DTYPES, load_manifest
+    from saekit.data.cache import load_manifest
+    from saekit.data.cache.format import DTYPES
 
     if len(hookpoints) != 1 or not (cache_dir / "manifest.json").is_file():
         return None

@@ -8,8 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from saekit.data.spec import DataSpec, parse_data_spec
+from saekit.data.splits import HELDOUT
 from saekit.data.stream import ActivationStream, Batch
-from saekit.training.dataspec import parse_data_spec
 from saekit.training.run import RunFiles, RunSettings, absolute_data_spec, clear_checkpoints
 from saekit.training.sweep import architecture_names, check_memory, expand
 
@@ -147,14 +148,14 @@ def _open_stream(
 ) -> tuple[ActivationStream, str | None, tuple[int, int]]:
     """(this process's stream, its hookpoint when the run has several, (start, step) of its
     share of the sweep)."""
-    from saekit.data import open_stream, split_hookpoints
+    from saekit.data import open_stream
     from saekit.training.distributed import BroadcastStream, split_stream
 
     batch, seed = settings.run.batch_size, settings.run.seed
-    source, hookpoints = split_hookpoints(spec)
-    if hookpoints:  # several hookpoints: each rank reads its own from the shared cache
-        hookpoint, share = _own_hookpoint(source, hookpoints, group)
-        return open_stream(f"{source}@{hookpoint}", batch, seed=seed), hookpoint, share
+    data = parse_data_spec(spec)
+    if len(data.hookpoints) > 1:  # several hookpoints: each rank reads its own from the cache
+        hookpoint, share = _own_hookpoint(data, group)
+        return open_stream(data.with_hookpoint(hookpoint), batch, seed=seed), hookpoint, share
     kwargs = _stream_kwargs(spec, settings)
     if group is not None and group.mode == "modules":  # one reader, batches broadcast
         main = group.is_main
@@ -165,15 +166,16 @@ def _open_stream(
     return (split_stream(stream, group) if group is not None else stream), None, (0, 1)
 
 
-def _own_hookpoint(source: str, hookpoints: list[str], group) -> tuple[str, tuple[int, int]]:
+def _own_hookpoint(data: DataSpec, group) -> tuple[str, tuple[int, int]]:
     """(this rank's hookpoint, (start, step) of its share of the sweep): rank r trains
     hookpoint r mod H, and the W/H ranks of one hookpoint split its sweep."""
+    hookpoints = data.hookpoints
     if group is None or group.mode != "modules":
         raise ValueError(
             f"{len(hookpoints)} hookpoints: train them together with --nproc N --parallel "
             "modules (one capture, a set of SAEs per hookpoint), or one run per hookpoint"
         )
-    if not source.startswith("cache:"):
+    if data.kind != "cache":
         raise ValueError("several hookpoints train from a cache: keep --cache-tokens above 0")
     n_hooks, world = len(hookpoints), group.world_size
     if world % n_hooks:
@@ -184,17 +186,16 @@ def _own_hookpoint(source: str, hookpoints: list[str], group) -> tuple[str, tupl
 def _heldout_batch(spec: str, settings: RunSettings, hookpoint: str | None) -> Batch | None:
     """The fixed held-out batch scored at every metric row: the first heldout_tokens of the
     held-out split (model data without a cache: of the held-out documents)."""
-    from saekit.data import open_stream, split_hookpoints
+    from saekit.data import open_stream
 
     n = settings.run.heldout_tokens
     if n <= 0:
         return None
-    source, hookpoints = split_hookpoints(spec)
-    if hookpoints:
-        spec = f"{source}@{hookpoint}"
-    stream = open_stream(
-        spec, n, seed=settings.run.seed, split="eval", **_stream_kwargs(spec, settings)
-    )
+    data = parse_data_spec(spec)
+    if hookpoint is not None:
+        data = data.with_hookpoint(hookpoint)
+    kwargs = _stream_kwargs(spec, settings)
+    stream = open_stream(data, n, seed=settings.run.seed, split=HELDOUT, **kwargs)
     return next(iter(stream), None)
 
 

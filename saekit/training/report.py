@@ -21,17 +21,6 @@ from matplotlib.figure import Figure
 
 from saekit.training.run import RunSettings
 
-HEADLINE = [
-    ("fvu", "core", "FVU"),
-    ("l0", "core", "L0"),
-    ("frac_dead", "core", "dead frac"),
-    ("cosine", "core", "cos(x, x̂)"),
-    ("mmcs_gt_to_learned", "synthetic", "MMCS"),
-    ("hungarian_mcc", "synthetic", "MCC"),
-    ("frr_0.9", "synthetic", "FRR@0.9"),
-    ("ce_loss_score", "spliced", "CE score"),
-    ("kl_div_score", "spliced", "KL score"),
-]
 TOP_LATENTS = 8  # latents shown per SAE
 TOP_CONTEXTS = 3  # contexts shown per latent
 
@@ -46,21 +35,9 @@ class RunReport:
 
 
 def table(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """The headline table: header and one row per SAE; a column no SAE has is dropped."""
-    cols = [
-        (key, group, label)
-        for key, group, label in HEADLINE
-        if any(key in r.get(group, {}) for r in results.values())
-    ]
-    header = ["SAE", *(label for _, _, label in cols)]
-    rows = [
-        [name, *(_fmt(r.get(g, {}).get(k, "")) for k, g, _ in cols)] for name, r in results.items()
-    ]
-    return header, rows
+    from saekit.evaluation.tables import run_summary_table
 
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return run_summary_table(results)
 
 
 # ---- what training saw ------------------------------------------------------------------------
@@ -132,7 +109,7 @@ def training_curves(by_sae: dict[str, list[dict[str, Any]]]) -> Figure | None:
 def build_browser(sae_dir: Path, n_contexts: int, corpus: str) -> Path:
     """The feature browser's data for an SAE on model data (what `saekit browse` serves),
     from held-out documents of the run's corpus."""
-    from saekit.evaluation.evaluate import model_source
+    from saekit.evaluation.sources import model_source
     from saekit.formats.native import load
     from saekit.viewer.build import BuildSettings, build
 
@@ -198,26 +175,33 @@ def write_run_report(out: Path, settings: RunSettings, train_data: str) -> RunRe
 
 
 def evaluate_run(out: Path, settings: RunSettings, train_data: str) -> dict[str, dict[str, Any]]:
-    from saekit.data import open_stream, split_hookpoints
-    from saekit.evaluation.evaluate import EvalSettings, evaluate_sae, model_source
+    from saekit.data import open_stream, parse_data_spec
+    from saekit.data.splits import HELDOUT
+    from saekit.evaluation.evaluate import EvalSettings, evaluate_sae
+    from saekit.evaluation.sources import model_source
     from saekit.formats.native import load
 
     results: dict[str, dict[str, Any]] = {}
+    capture = settings.capture
     for sae_dir in sorted(p for p in (out / "saes").iterdir() if p.is_dir()):
         sae = load(sae_dir)
-        source, hookpoints = split_hookpoints(train_data)
-        spec = f"{source}@{sae.metadata['data']['hookpoint']}" if hookpoints else train_data
-        kwargs = {}
-        if spec.startswith("model:"):
-            kwargs = {"corpus": settings.capture.corpus, "ctx_len": settings.capture.ctx_len}
-        stream = open_stream(
-            spec, settings.run.batch_size, seed=settings.run.seed, split="eval", **kwargs
+        data = parse_data_spec(train_data)
+        if len(data.hookpoints) > 1:  # module-parallel over several hookpoints: this SAE's own
+            data = data.with_hookpoint(sae.metadata["data"]["hookpoint"])
+        kwargs = (
+            {"corpus": capture.corpus, "ctx_len": capture.ctx_len} if data.kind == "model" else {}
         )
-        # Model-derived SAEs also get the spliced-in CE/KL scores.
+        stream = open_stream(
+            data, settings.run.batch_size, seed=settings.run.seed, split=HELDOUT, **kwargs
+        )
+        # Model-derived SAEs also get the spliced-in CE/KL scores, on the run's own text.
         groups = ("core", "synthetic", "spliced") if model_source(sae) else ("core", "synthetic")
-        # A cache's held-out split is read once, not looped over to make up the number.
-        n_tokens = min(settings.run.eval_tokens, stream.describe().get("tokens") or 2**62)
-        eval_settings = EvalSettings(groups=groups, n_tokens=n_tokens)
+        eval_settings = EvalSettings(
+            groups=groups,
+            n_tokens=settings.run.eval_tokens,
+            corpus=capture.corpus,
+            ctx_len=capture.ctx_len,
+        )
         results[sae_dir.name] = evaluate_sae(sae, stream, eval_settings, name=sae_dir.name)
         (sae_dir / "eval.json").write_text(json.dumps(results[sae_dir.name], indent=2) + "\n")
     return results
@@ -242,7 +226,7 @@ def _run_section(out: Path, settings: RunSettings, by_sae: dict[str, list[dict]]
 def _latents_section(sae_dir: Path, n_contexts: int, corpus: str) -> dict | None:
     """The SAE's most frequent latents and how to browse them all; None without a language
     model behind the SAE (synthetic data: no text to show)."""
-    from saekit.evaluation.evaluate import model_source
+    from saekit.evaluation.sources import model_source
     from saekit.formats.native import load
 
     if model_source(load(sae_dir)) is None:

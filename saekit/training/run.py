@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 from saekit.options import check_config_values, option
 from saekit.training.capture import CaptureConfig
-from saekit.training.dataspec import parse_data_spec
 from saekit.training.sweep import MAX_LATENTS
 from saekit.training.trainer import TrainConfig
 
@@ -47,7 +46,7 @@ class RunConfig:
     )
     out: str = option("runs/latest", "run directory")
     eval_tokens: int = option(
-        16384, "held-out tokens for the final evaluation (at most the cache's held-out split)", lo=1
+        16384, "held-out tokens for the final evaluation (at most one pass over them)", lo=1
     )
     heldout_tokens: int = option(
         2048,
@@ -189,14 +188,18 @@ class RunFiles:
 
 def absolute_data_spec(spec: str) -> str:
     """cache:DIR with DIR made absolute, so a run resumes from any working directory."""
+    from saekit.data.spec import parse_data_spec
+
     parsed = parse_data_spec(spec)
-    if parsed.kind != "cache" or not parsed.source:
+    if parsed.kind != "cache":
         return spec
     return str(replace(parsed, source=str(Path(parsed.source).resolve())))
 
 
 def _in_run(spec: str, run_dir: Path) -> str | None:
     """The cache path of `spec` relative to the run directory when it lies inside it."""
+    from saekit.data.spec import parse_data_spec
+
     parsed = parse_data_spec(spec)
     if parsed.kind != "cache":
         return None
@@ -204,7 +207,7 @@ def _in_run(spec: str, run_dir: Path) -> str | None:
         rel = Path(parsed.source).resolve().relative_to(run_dir.resolve())
     except ValueError:
         return None
-    return str(rel) + (f"@{','.join(parsed.hookpoints)}" if parsed.hookpoints else "")
+    return str(replace(parsed, source=str(rel))).removeprefix("cache:")
 
 
 def clear_checkpoints(run_dir: Path) -> None:

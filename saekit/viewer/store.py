@@ -213,7 +213,8 @@ class LiveEncoder:
         latents by value; with `focus`, that latent's value at every token too."""
         import torch
 
-        from saekit.data.hooks import capture, token_mask
+        from saekit.data.hooks import capture
+        from saekit.data.masking import token_mask
 
         if not isinstance(text, str) or not text.strip():
             raise BadRequest("text must be a non-empty string")

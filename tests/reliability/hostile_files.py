@@ -88,7 +88,7 @@ def make_base(work: Path) -> tuple[Path, Path]:
 
         texts = [f"Sentence number {i} talks about the weather and the sea." for i in range(60)]
         write_cache(cache, tiny_model(), tiny_tokenizer(), texts, ["model.layers.1"], 400,
-                    shard_tokens=128, eval_tokens=64, ctx_len=16)  # fmt: skip
+                    shard_tokens=128, heldout_tokens=64, ctx_len=16)  # fmt: skip
 
     assert forkrun.call(build_cache, work / "setup.log") == 0, (work / "setup.log").read_text()
     return run, cache
@@ -250,10 +250,15 @@ def cases(work: Path, run: Path, cache: Path, marker: Path) -> list[tuple[str, l
         edit(step, d)
         out.append((f"checkpoint/{name}", ["train", "--resume", str(d), "--no-progress"], expect))
 
-    def flip(rel: str, where: float):
+    def flip(rel: str, where: float, digit: bool = False):
+        """Flip the low bit of the byte at `where` (of the file's length); digit=True moves on
+        to the next digit first, so JSON stays valid and only the checksum can tell."""
+
         def edit(step: Path, d: Path) -> None:
             data = bytearray((step / rel).read_bytes())
             i = int(len(data) * where)
+            while digit and not chr(data[i]).isdigit():
+                i += 1
             data[i] ^= 0x01
             (step / rel).write_bytes(bytes(data))
 
@@ -271,7 +276,7 @@ def cases(work: Path, run: Path, cache: Path, marker: Path) -> list[tuple[str, l
         return resign(lambda s: top(s, "members", value))
 
     ckpt_case("tensors-flipped-byte", "does not match its checksum", flip("state.safetensors", 0.9))
-    ckpt_case("json-flipped-byte", "checksum", flip("state.json", 0.6))
+    ckpt_case("json-flipped-byte", "checksum", flip("state.json", 0.6, digit=True))
     ckpt_case("step-negative", "step must be an integer in", resign(lambda s: top(s, "step", -100)))
     ckpt_case("step-huge", "step must be an integer in", resign(lambda s: top(s, "step", 10**12)))
     ckpt_case("step-string", "step must be an integer in", resign(lambda s: top(s, "step", "9")))

@@ -78,23 +78,15 @@ bad("eval", "--threads", ["0"])
 bad("eval", "--out", ["", NOT_UTF8])
 bad("eval", "-g", ["bogus", ","], "metric group")
 bad("eval", "--probe-ks", ["abc", "1,,x"], "--probe-ks")
-bad("adaptive", "--tokens", ["0"])
-bad("adaptive", "--max-factor", ["0.5", "inf", "nan"])
-bad("adaptive", "--relative-threshold", ["0", "2", "-1"])
-bad("adaptive", "--batch-size", ["0"])
-bad("adaptive", "--seed", ["-1"])
-bad("adaptive", "--threads", ["0"])
-bad("afa", "--tokens", ["0"])
-bad("afa", "--batch-size", ["0"])
-bad("afa", "--seed", ["-1"])
-bad("afa", "--threads", ["0"])
-bad("gsae", "--contexts", ["0"])
-bad("gsae", "--ctx-len", ["1"])
-bad("gsae", "--steer-latents", ["-1"])
-bad("gsae", "--steer-contexts", ["0"])
-bad("gsae", "--kappa", ["0", "-1", "inf"])
-bad("gsae", "--seed", ["-1"])
-bad("gsae", "--threads", ["0"])
+bad("eval", "--sample-tokens", ["0"])
+bad("eval", "--split", ["heldout"])
+bad("eval", "--convention", ["sae_bench"])
+bad("eval", "--max-factor", ["0.5", "inf", "nan"])
+bad("eval", "--relative-threshold", ["0", "2", "-1"])
+bad("eval", "--steer-latents", ["0", "-1"])
+bad("eval", "--steer-contexts", ["0"])
+bad("eval", "--kappa", ["0", "-1", "inf"])
+bad("eval", "--report", ["", NOT_UTF8])
 bad("browse", "--port", ["-1", "70000", "abc"])
 bad("browse", "--contexts", ["0"])
 bad("browse", "--ctx-len", ["1"])
@@ -150,9 +142,6 @@ def base_args(command: str) -> list[str]:
     return {
         "train": ["--data", TINY, "--steps", "2", "--out", "{OUT}", "--no-progress"],
         "eval": ["{SAE}", "--data", TINY],
-        "adaptive": ["{SAE}", "--data", TINY, "--out", "{OUT}"],
-        "afa": ["{SAE}", "--data", TINY, "--out", "{OUT}"],
-        "gsae": ["{SAE}", "--out", "{OUT}"],
         "browse": ["{SAE}", "--no-serve", "--data-dir", "{OUT}"],
         "hookpoints": ["default"],
         "cache": ["--tokens", "10", "--out", "{OUT}", "--model", "/nonexistent-model"],

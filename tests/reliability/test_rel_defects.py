@@ -300,7 +300,7 @@ def test_10_resume_from_another_directory(tmp_path, monkeypatch, capsys):
 
     model, tok = load_model(str(model_dir()))  # recorded by path, so the report can reload it
     write_cache(work / "acts", model, tok, DOCS, ["model.layers.1"], 300, ctx_len=16,
-                eval_tokens=64)  # fmt: skip
+                heldout_tokens=64)  # fmt: skip
     monkeypatch.chdir(work)
     argv = ["train", "--data", "cache:acts", "--n-latents", "32", "--k", "2", "--steps", "10",
             "--batch-size", "32", "--eval-tokens", "64", "--no-progress", "--out", "run"]  # fmt: skip

@@ -17,6 +17,8 @@ LOSS_TARGETS = ("input", "centred")
 
 @dataclass
 class TopAFAConfig(EncoderConfig, AuxKConfig):
+    """Saved SAEs keep the k_max they were trained with."""
+
     rule: str = option(
         "nearest",
         "top-AFA: keep the prefix whose code norm is nearest to the input's, or the first to "
@@ -24,14 +26,19 @@ class TopAFAConfig(EncoderConfig, AuxKConfig):
         choices=RULES,
     )
     k_max: int = option(
-        512, "top-AFA: cap on latents kept per token (effective min(k_max, n_latents − 1))", lo=1
+        4096,
+        "top-AFA: cap on latents kept per token (effective min(k_max, n_latents − 1), the "
+        "reference's own limit); far above the L0 top-AFA reaches on LM activations (512 bound "
+        "on SmolLM2 at 2,304 latents), so it rarely binds: the share of capped tokens is the "
+        "selector's cap_frac, reported by training and evaluation",
+        lo=1,
     )
     afa_coeff: float = option(1 / 32, "top-AFA: λ_AFA in the reference's units", lo=0)
     loss_target: str = option(
         "input",
         "top-AFA: the norm the code's norm is matched to: 'input' (un-centred ‖x‖, the "
         "reference) or 'centred' (‖x − b_dec‖)",
-        choices=("input", "centred"),
+        choices=LOSS_TARGETS,
     )
 
     def __post_init__(self) -> None:

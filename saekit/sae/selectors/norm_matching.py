@@ -6,7 +6,8 @@ rank latents by a_i‖d_i‖, take prefix norms √(Σ_{r≤k} (a_(r)‖d_(r)‖
 whose norm is closest to τ = ‖x − b_dec‖ ("nearest"; k ≤ p − 1 as in the reference) or the
 first one reaching τ ("first_exceed"). k varies per token. Vectorised: one topk with a cap
 k_max instead of a full sort, then a cumsum; a token whose k_max largest contributions fall
-short of τ is "capped" (per-token stat "cap_frac").
+short of τ is "capped" (per-token stat "cap_frac", which evaluation reports with every
+top-AFA result). The cap should rarely bind: where it does, the rule is TopK at k_max.
 """
 
 from __future__ import annotations
