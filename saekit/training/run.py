@@ -37,7 +37,7 @@ class RunConfig:
     batch_size: int = option(1024, "tokens per step", lo=1)
     seed: int = option(0, "seed for data, initialisation and sampling", lo=0, hi=MAX_SEED)
     # Model data are captured once to an on-disk cache, then trained on for several passes
-    # (README, "Why these defaults": 400,000 tokens and 3,000 steps make 7.7 passes).
+    # (README, "Why these defaults": 400,000 tokens and 1,500 steps make 3.8 passes).
     cache_tokens: int = option(
         400_000,
         "model data: tokens captured once into the run's cache before training "

@@ -49,8 +49,8 @@ class NonFiniteTrainingError(ValueError):
 class TrainConfig:
     """Hyperparameters shared by every SAE trained on the stream."""
 
-    # The main job's budget (README, "Why these defaults"): 3,000 steps of 1,024 tokens.
-    steps: int = option(3000, "optimiser steps", lo=1)
+    # The main job's budget (README, "Why these defaults"): 1,500 steps of 1,024 tokens.
+    steps: int = option(1500, "optimiser steps", lo=1)
     lr: float | None = option(
         None, "learning rate (default 2e-4 / sqrt(n_latents / 2^14), per SAE)", lo=0, above=True
     )
