@@ -8,7 +8,6 @@ import pytest
 import torch
 from tiny_model import TEXTS, tiny_model, tiny_tokenizer
 
-from saekit.cli.common import Parser
 from saekit.data import open_stream
 from saekit.data.cache import (
     CacheError,
@@ -324,14 +323,9 @@ def test_write_errors(model, cache_dir, tmp_path):
 
 
 def cli(argv):
-    from saekit.cli import cache, hookpoints
+    from saekit.cli.main import main
 
-    parser = Parser(prog="saekit")
-    sub = parser.add_subparsers(dest="command", parser_class=Parser)
-    cache.add_parser(sub)
-    hookpoints.add_parser(sub)
-    args = parser.parse_args(argv)
-    return {"cache": cache, "hookpoints": hookpoints}[args.command].run(args)
+    return main(argv)
 
 
 @pytest.fixture(scope="module")
@@ -368,7 +362,7 @@ def test_cli_cache_and_hookpoints(model_dir, tmp_path, capsys):
         "1",
     ]
     assert cli(argv) == 0
-    assert "model.layers.2 (d=32): train 300 tokens in 3 shards, heldout 15 tokens" in (
+    assert "model.layers.2 (d=32): train 300 tokens in 3 shards, heldout 30 tokens" in (
         capsys.readouterr().out
     )
     manifest = verify_cache(out)
@@ -381,7 +375,7 @@ def test_cli_cache_and_hookpoints(model_dir, tmp_path, capsys):
     "extra, message",
     [
         (["--hookpoint", "model.layer.2"], "unknown hookpoint 'model.layer.2'; close matches"),
-        (["--tokens", "0"], "--tokens must be positive"),
+        (["--tokens", "0"], "argument --tokens: must be >= 1, got 0"),
         (["--corpus", "/no/such/file.txt"], "--corpus"),
     ],
 )
@@ -399,9 +393,7 @@ def test_cli_bad_input_is_one_line_exit_2(model_dir, tmp_path, capsys, extra, me
         "1",
         *extra,
     ]
-    with pytest.raises(SystemExit) as exc:
-        cli(argv)
-    assert exc.value.code == 2
+    assert cli(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 

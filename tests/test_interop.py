@@ -642,3 +642,14 @@ def test_convert_errors_are_one_line(tmp_path, args, message):
 def test_read_names_every_sae_in_a_source(tmp_path):
     sl.write(randomised("relu"), tmp_path / "a")
     assert list(read(tmp_path / "a")) == ["a"]
+
+
+def test_standardised_sae_is_not_written_where_the_format_cannot_say_so(tmp_path):
+    from saekit.interop.base import InteropError
+    from saekit.interop.io import write
+
+    sae = saekit.create("topk", d_in=16, n_latents=32, k=4, standardise_tokens=True)
+    for fmt in ("saelens", "sparsify"):
+        with pytest.raises(InteropError, match="standardises each input token"):
+            write(sae, tmp_path / fmt, fmt, hookpoint="model.layers.1")
+    assert write(sae, tmp_path / "native", "saekit").is_dir()

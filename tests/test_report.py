@@ -127,13 +127,57 @@ def test_mode_steering_and_zf_figures(docs):
     assert {"‖f̃‖ = ‖x‖", "ε(h−1) = 0.25", "ε(h−1) = 0.5", "ε(h−1) = 1"} <= labels
 
 
-def test_cli_report(tmp_path):
-    from saekit.cli import report
-    from saekit.cli.common import Parser
+def rows(fvus, heldout, l0s, dead):
+    return [
+        {"step": 10 * (i + 1), "tokens": 100 * (i + 1), "fvu": f, "heldout_fvu": h, "l0": l,
+         "dead_frac": d}
+        for i, (f, h, l, d) in enumerate(zip(fvus, heldout, l0s, dead))
+    ]  # fmt: skip
 
-    parser = Parser(prog="saekit")
-    report.add_parser(parser.add_subparsers(dest="command"))
+
+def test_training_curves_show_heldout_beside_training_fvu_and_only_informative_panels():
+    from saekit.training.report import training_curves
+
+    flat = {"topk": rows([0.5, 0.3, 0.2], [0.55, 0.35, 0.3], [8, 8, 8], [0, 0, 0])}
+    fig = training_curves(flat)
+    (ax,) = fig.axes  # L0 and dead fraction never change: no panel for them
+    assert ax.get_title() == "FVU" and ax.get_yscale() == "log"
+    train, held = ax.get_lines()
+    assert train.get_label() == "topk (training batch)" and train.get_linestyle() == "--"
+    assert held.get_label() == "topk (held-out)" and train.get_color() == held.get_color()
+    assert list(train.get_xdata()) == [100, 200, 300]
+    assert list(train.get_ydata()) == [0.5, 0.3, 0.2]
+    assert list(held.get_ydata()) == [0.55, 0.35, 0.3]
+    moving = {
+        **flat,
+        "jumprelu": rows([0.6, 0.4, 0.3], [0.6, 0.5, 0.4], [40, 20, 16], [0, 0.1, 0.2]),
+    }
+    fig = training_curves(moving)
+    assert [a.get_title() for a in fig.axes] == ["FVU", "L0 (training batch)", "dead fraction"]
+    assert [list(line.get_ydata()) for line in fig.axes[2].get_lines()] == [
+        [0, 0, 0],
+        [0, 0.1, 0.2],
+    ]
+    assert len(fig.axes[0].get_lines()) == 4
+
+
+def test_data_passes_says_how_often_training_saw_each_token():
+    from saekit.training.report import data_passes
+
+    cache = {"data": {"source": "cache", "tokens": 150_000}, "training": {"tokens": 1_536_000}}
+    assert data_passes(cache) == (
+        "1,536,000 training tokens = 10.2 passes over the 150,000-token activation cache"
+    )
+    synthetic = {"data": {"source": "synthetic"}, "training": {"tokens": 4096}}
+    assert data_passes(synthetic) == "4,096 training tokens, fresh synthetic samples (no repeats)"
+    model = {"data": {"source": "model"}, "training": {"tokens": 2048}}
+    assert data_passes(model) == "2,048 training tokens streamed from the model (each seen once)"
+
+
+def test_cli_report(tmp_path, capsys):
+    from saekit.cli.main import main
+
     out = tmp_path / "r" / "report.html"
-    args = parser.parse_args(["report", *map(str, evaluated_saes()), "-o", str(out)])
-    assert report.run(args) == 0
-    assert out.is_file() and (out.parent / "report_pareto_fvu.png").is_file()
+    assert main(["report", *map(str, evaluated_saes()), "-o", str(out)]) == 0
+    assert f"report: {out} (2 SAEs, 6 figures)" in capsys.readouterr().out
+    assert 'id="fig-pareto_fvu"' in out.read_text()

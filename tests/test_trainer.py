@@ -11,6 +11,7 @@ from train_helpers import InterruptAt
 import saekit
 from saekit.data.synthetic import SyntheticStream, make_recipe
 from saekit.formats import native
+from saekit.sae.standardise import standardise
 from saekit.training import checkpoint as ckpt
 from saekit.training.init import geometric_median, input_scale
 from saekit.training.trainer import NonFiniteActivationsError, TrainConfig, Trainer, lr_factor
@@ -143,3 +144,47 @@ def test_geometric_median_is_robust_and_input_scale_normalises():
 def test_trainer_rejects_mismatched_width():
     with pytest.raises(ValueError, match="d_in=8 but the stream has d_in=16"):
         Trainer({"a": saekit.create("topk", d_in=8, n_latents=16, k=2)}, stream(), config())
+
+
+def test_heldout_fvu_is_logged_and_matches_the_saved_sae(tmp_path):
+    from saekit.data import Batch
+
+    heldout = Batch(next(iter(SyntheticStream(make_recipe(RECIPE, seed=0), 512, seed=9))).x, {})
+    sae = {"topk": saekit.create("topk", d_in=16, n_latents=64, k=4)}
+    Trainer(sae, stream(), config(), tmp_path, heldout=heldout).fit()
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert rows[-1]["heldout_fvu"] < rows[0]["heldout_fvu"] < 1.5
+    saved = native.load(tmp_path / "saes" / "topk")  # raw units: the scale is folded in
+    x = heldout.x
+    with torch.no_grad():
+        expected = float((saved(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    assert rows[-1]["heldout_fvu"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_standardised_sae_is_scale_invariant_and_reloads_identically(tmp_path):
+    sae = saekit.create("topk", d_in=16, n_latents=64, k=4, standardise_tokens=True)
+    x = torch.randn(32, 16) * 3 + 1
+    assert torch.allclose(sae.encode(x), sae.encode(5 * x), atol=1e-5)
+    assert torch.allclose(sae(5 * x), 5 * sae(x), atol=1e-4)  # mapped back per token
+    trainer = Trainer({"std": sae}, stream(), config(init_b_dec="mean"), tmp_path)
+    trainer._initialise()
+    sample = torch.cat([b.x for b, _ in zip(stream(), range(2))])
+    expected = standardise(sample)[0].mean(0)
+    assert torch.allclose(sae.b_dec, expected, atol=1e-6)  # b_dec in standardised units
+    assert not torch.allclose(sae.b_dec, sample.mean(0) * trainer.scale, atol=1e-2)
+    trainer.fit()
+    saved = native.load(tmp_path / "saes" / "std")
+    assert saved.cfg.standardise_tokens
+    assert saved.metadata["normalisation"]["per_token_standardisation"] is True
+    assert torch.equal(saved.encode(x), trainer.export(trainer.members[0]).encode(x))
+    with pytest.raises(ValueError, match="not to transcoders"):
+        saekit.create("transcoder", d_in=16, n_latents=64, standardise_tokens=True)
+
+
+def test_train_config_refuses_what_it_cannot_run():
+    with pytest.raises(ValueError, match="option 'steps' must be >= 1, got 0"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="option 'init_b_dec' must be one of"):
+        TrainConfig(init_b_dec="median")
+    assert TrainConfig(init_b_dec="zero").init_b_dec == "zero"

@@ -336,19 +336,18 @@ def test_cli_cache_writes_the_pair(tmp_path, capsys):
     assert main(argv) == 0
     assert f"{PAIR} (d=32->32): train 200 tokens" in capsys.readouterr().out
     assert next(iter(open_stream(f"cache:{out}", 10))).extras["target"].shape == (10, 32)
-    with pytest.raises(SystemExit) as exc:
-        main(
-            ["cache", *common, "--hookpoint", "model.layers.1.mlpp:in->out", "--tokens", "9"]
-            + ["--out", str(tmp_path / "c2")]
-        )
+    code = main(
+        ["cache", *common, "--hookpoint", "model.layers.1.mlpp:in->out", "--tokens", "9"]
+        + ["--out", str(tmp_path / "c2")]
+    )
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and err.count("\n") == 1
+    assert code == 2 and err.count("\n") == 1
     assert "unknown hookpoint 'model.layers.1.mlpp'" in err
-    with pytest.raises(SystemExit):
-        main(
-            ["cache", *common, "--hookpoint", f"{MLP}:in=>out", "--tokens", "9"]
-            + ["--out", str(tmp_path / "c3")]
-        )
+    code = main(
+        ["cache", *common, "--hookpoint", f"{MLP}:in=>out", "--tokens", "9"]
+        + ["--out", str(tmp_path / "c3")]
+    )
+    assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the only suffixes are :in and :out" in err
 
@@ -489,31 +488,28 @@ def test_train_spec_errors_are_one_line(tmp_path, capsys):
 
 
 def test_sweep_builds_transcoders_only_from_paired_data():
-    from saekit.cli.common import UsageError
-    from saekit.cli.train import DEFAULTS, sweep
+    from saekit.training.sweep import expand
 
-    runs = sweep(dict(DEFAULTS, architecture="transcoder,topk"), 32, d_out=64)
+    runs = expand(["transcoder", "topk"], {}, 32, d_out=64)
     for arch in ("transcoder", "topk"):  # any encoder architecture becomes a transcoder
         assert runs[arch][1] == {
             "d_in": 32,
             "n_latents": 256,
             "seed": 0,
-            "k": 32,
             "transcode": True,
             "d_out": 64,
         }
-    # a JumpReLU transcoder (no k: the default k does not get in the way)
-    runs = sweep(dict(DEFAULTS, architecture="jumprelu", option=["transcode=true"]), 32, 64)
-    cfg = runs["jumprelu"][1]
+    # a JumpReLU transcoder
+    cfg = expand(["jumprelu"], {"transcode": [True]}, 32, d_out=64)["jumprelu"][1]
     assert cfg["transcode"] is True and cfg["d_out"] == 64 and "k" not in cfg
-    with pytest.raises(UsageError, match="mpsae cannot predict a target"):
-        sweep(dict(DEFAULTS, architecture="mpsae"), 32, d_out=64)
-    with pytest.raises(UsageError, match="drop transcode=false"):
-        sweep(dict(DEFAULTS, architecture="topk", option=["transcode=false"]), 32, d_out=64)
-    for arch, option in (("transcoder", []), ("topk", ["transcode=true"])):
-        with pytest.raises(UsageError, match="a transcoder needs paired data"):
-            sweep(dict(DEFAULTS, architecture=arch, option=option), 32)
-    assert "transcode" not in sweep(dict(DEFAULTS, architecture="topk"), 32)["topk"][1]
+    with pytest.raises(ValueError, match="mpsae cannot predict a target"):
+        expand(["mpsae"], {}, 32, d_out=64)
+    with pytest.raises(ValueError, match="drop transcode=false"):
+        expand(["topk"], {"transcode": [False]}, 32, d_out=64)
+    for arch, options in (("transcoder", {}), ("topk", {"transcode": [True]})):
+        with pytest.raises(ValueError, match="a transcoder needs paired data"):
+            expand([arch], options, 32)
+    assert "transcode" not in expand(["topk"], {}, 32)["topk"][1]
 
 
 def test_trainer_logs_a_transcoders_error_against_its_wider_target(model, contexts):
@@ -545,12 +541,12 @@ def test_train_a_transcoder_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["--data", f"model:{model_dir()}@{PAIR}", "-a", "transcoder", "--k", "8"]
     argv += ["--steps", "40", "--batch-size", "128", "--cache-tokens", "3000"]
-    argv += ["--eval-tokens", "512", "--out", str(out)]
+    argv += ["--eval-tokens", "512", "--eval-fraction", "0.5", "--out", str(out)]
     rc, io = _train(argv, capsys)
     assert rc == 0, io.err
     run = json.loads((out / "run.json").read_text())
     assert run["pair"]["source"] == f"{MLP}:in" and run["pair"]["d_out"] == 32
-    assert run["settings"]["train_data"] == f"cache:{out / 'activations'}@{PAIR}"
+    assert run["train_data"] == f"cache:{out / 'activations'}@{PAIR}"
     _, cfg = run["saes"]["transcoder"]
     assert cfg["transcode"] is True and cfg["d_out"] == 32
     sae = load(out / "saes" / "transcoder")
@@ -561,7 +557,7 @@ def test_train_a_transcoder_end_to_end(tmp_path, capsys):
     ev = json.loads((out / "saes" / "transcoder" / "eval.json").read_text())
     # core FVU is the saved transcoder's error on the MLP OUTPUT of the first 512 held-out
     # tokens, as computed here by hand from the paired cache
-    stream = open_stream(run["settings"]["train_data"], 128, seed=0, split="heldout")
+    stream = open_stream(run["train_data"], 128, seed=0, split="heldout")
     batches = [b for _, b in zip(range(4), stream)]
     x = torch.cat([b.x for b in batches])
     y = torch.cat([b.extras["target"] for b in batches]).double()

@@ -16,12 +16,35 @@ class UsageError(Exception):
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        report_error(self.prog, f"{message} (see '{self.prog} --help')")
+        raise SystemExit(2)
 
 
-def fail(message: str) -> NoReturn:
-    sys.stderr.write(f"saekit: error: {message}\n")
-    raise SystemExit(2)
+# Errors of our own that carry a sentence for the user (no type name needed in front).
+USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, ValueError, OSError)
+
+
+def report_error(prog: str, error: BaseException | str) -> int:
+    """The one way every command reports an error: one line on stderr, `PROG: error: ...`;
+    returns the exit code, 2."""
+    text = error if isinstance(error, str) else one_line(error)
+    sys.stderr.write(f"{prog}: error: {text}\n")
+    return 2
+
+
+def one_line(e: BaseException) -> str:
+    """The error as one line. Our own error types carry sentences; anything else (a
+    KeyError from an edited file, a torch RuntimeError...) is named by its type as well."""
+    from saekit.formats.native import SAEFileError
+    from saekit.training.checkpoint import CheckpointError
+    from saekit.training.distributed import DistributedError
+
+    text = " ".join(str(e).split()) or repr(e)
+    if len(text) > 1000:
+        text = text[:1000] + " ..."
+    if isinstance(e, (*USER_ERRORS, SAEFileError, CheckpointError, DistributedError)):
+        return text
+    return f"{type(e).__name__}: {text} (run 'saekit --debug ...' for the traceback)"
 
 
 def set_threads(requested: int | None) -> int:

@@ -30,12 +30,12 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from saekit.cli.common import fail, set_threads
+    from saekit.cli.common import UsageError, set_threads
 
     try:
         pattern = re.compile(args.filter) if args.filter else None
     except re.error as e:
-        fail(f"bad --filter regex {args.filter!r}: {e}")
+        raise UsageError(f"bad --filter regex {args.filter!r}: {e}") from None
     set_threads(args.threads)
     from saekit.data.hooks import list_hookpoints
     from saekit.data.models import load_model, quiet_transformers
@@ -44,7 +44,7 @@ def run(args) -> int:
     try:
         model, _ = load_model(args.model)
     except (OSError, ValueError, ModuleNotFoundError) as e:
-        fail(f"cannot load model {args.model!r}: {str(e).splitlines()[0]}")
+        raise UsageError(f"cannot load model {args.model!r}: {str(e).splitlines()[0]}") from None
     rows = [(p, w) for p, w in list_hookpoints(model) if pattern is None or pattern.search(p)]
     if args.json:
         print(json.dumps(rows))

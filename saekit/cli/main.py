@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 
-from saekit.cli.common import Parser, UsageError
+from saekit.cli.common import Parser, report_error
 
 # Each module exposes add_parser(subparsers) and run(args) -> int.
 COMMANDS = [
@@ -19,22 +19,6 @@ COMMANDS = [
     "cache",
     "convert",
 ]
-
-USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, ValueError, OSError)
-
-
-def one_line(e: BaseException) -> str:
-    """The error as one line. Our own error types carry sentences; anything else (a
-    KeyError from an edited file, a torch RuntimeError...) is named by its type as well."""
-    text = " ".join(str(e).split()) or repr(e)
-    if len(text) > 1000:
-        text = text[:1000] + " ..."
-    from saekit.formats.native import SAEFileError
-    from saekit.training.checkpoint import CheckpointError
-
-    if isinstance(e, (*USER_ERRORS, SAEFileError, CheckpointError)):
-        return text
-    return f"{type(e).__name__}: {text} (run 'saekit --debug ...' for the traceback)"
 
 
 def build_parser() -> tuple[Parser, dict]:
@@ -59,32 +43,26 @@ def build_parser() -> tuple[Parser, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser, modules = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0), or a bad argument already reported (2)
+        return int(e.code or 0)
     if args.command is None:
         parser.print_help()
         return 2
-    from saekit.formats.native import SAEFileError
-    from saekit.training.checkpoint import CheckpointError
-    from saekit.training.distributed import DistributedError
-
     debug = args.debug or os.environ.get("SAEKIT_DEBUG", "") not in ("", "0")
+    prog = f"saekit {args.command}"
     try:
         return int(modules[args.command].run(args) or 0)
-    except (*USER_ERRORS, SAEFileError, CheckpointError, DistributedError) as e:
-        if debug:
-            raise
-        sys.stderr.write(f"saekit {args.command}: error: {one_line(e)}\n")
-        return 2
     except KeyboardInterrupt:
-        sys.stderr.write(f"saekit {args.command}: interrupted\n")
+        sys.stderr.write(f"{prog}: interrupted\n")
         return 130
     except (Exception, RecursionError, MemoryError) as e:
-        # Whatever escaped validation (an edited file's wrong type, a full disk, ...): still
-        # one line and exit code 2 for the user; the traceback is behind --debug.
+        # Validation errors and whatever escaped it (an edited file's wrong type, a full
+        # disk, ...): one line and exit code 2; the traceback is behind --debug.
         if debug:
             raise
-        sys.stderr.write(f"saekit {args.command}: error: {one_line(e)}\n")
-        return 2
+        return report_error(prog, e)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,10 @@ input normalisation (and free decoder norms) into the weights before saving."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import struct
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from saekit.formats.atomic import atomic_directory
 from saekit.formats.jsonfile import read_json
+from saekit.options import check_config_values
 from saekit.sae.base import SAE
 from saekit.sae.registry import get_architecture, make_config
 
@@ -81,71 +79,6 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(cfg.get("metadata", {}), dict):
         raise SAEFileError(f"{cfg_path}: 'metadata' must be an object")
     return cfg
-
-
-def check_config_values(config_cls: type, values: dict[str, Any]) -> None:
-    """Check each value against its field's type annotation in `config_cls` (a dataclass):
-    a cfg.json or a command line that says `k: 4.5` or `aux_coeff: "abc"` fails here, at the
-    boundary, with the field named, instead of deep inside an architecture. NaN and
-    infinities are rejected for float fields. Unknown names are left to make_config."""
-    hints = typing.get_type_hints(config_cls)
-    for f in dataclasses.fields(config_cls):
-        if f.name in values and not _matches(values[f.name], hints.get(f.name, Any)):
-            raise ValueError(
-                f"option {f.name!r} must be {_describe(hints.get(f.name, Any))}, "
-                f"got {values[f.name]!r}"
-            )
-
-
-def _matches(value: Any, tp: Any) -> bool:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
-    if tp is type(None) or tp is None:
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return (
-            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        )
-    if tp is str:
-        return isinstance(value, str)
-    if origin is typing.Literal:
-        return any(value == a and type(value) is type(a) for a in args)
-    if origin in (list, tuple) or tp in (list, tuple):
-        if not isinstance(value, list | tuple):
-            return False
-        item = args[0] if args else Any
-        return all(_matches(v, item) for v in value)
-    if origin is dict or tp is dict:
-        return isinstance(value, dict)
-    return True  # an annotation we do not model: the architecture checks it
-
-
-def _describe(tp: Any) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if tp is type(None):
-        return "null"
-    if tp is float:
-        return "a finite number"
-    if tp is int:
-        return "an integer"
-    if tp is bool:
-        return "true or false"
-    if tp is str:
-        return "a string"
-    if origin in (list, tuple):
-        return f"a list of {_describe(args[0]) if args else 'values'}"
-    if origin is typing.Literal:
-        return "one of " + ", ".join(map(repr, args))
-    return str(tp)
 
 
 def read_weights_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:

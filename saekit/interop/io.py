@@ -86,6 +86,11 @@ def write(sae: SAE, path: str | Path, fmt: str, hookpoint: str | None = None,
         if density is not None:
             save_file({"sparsity": density.float().contiguous()}, str(Path(out) / SPARSITY))
         return Path(out)
+    if sae.cfg.standardise_tokens:  # never silently dropped: the codes would change
+        raise InteropError(
+            f"this SAE standardises each input token (standardise_tokens); writing it as {fmt} "
+            "would drop that: keep it in saekit's format"
+        )
     if fmt == "saelens":
         return saelens.write(sae, path, hookpoint=hookpoint, model_name=model_name, layout=layout)
     if fmt == "sparsify":

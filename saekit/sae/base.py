@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from saekit.options import option
 from saekit.sae.sparse import SparseCode, dense_code
+from saekit.sae.standardise import TokenMoments, restore, standardise
 
 if TYPE_CHECKING:
     from saekit.sae.dictionary import Dictionary
@@ -43,7 +45,14 @@ class SAEConfig:
 
     d_in: int
     n_latents: int
-    seed: int = 0
+    seed: int = option(0, "seed of the initial weights", lo=0)
+    standardise_tokens: bool = option(
+        False,
+        "per-token standardisation: centre each input vector and scale it to unit variance "
+        "over its d_in dimensions before encoding, and map the reconstruction back (the top-AFA "
+        "reference's setting); stored in cfg.json and applied by every encode. The dataset-wide "
+        "input scale then has no effect",
+    )
 
     def __post_init__(self) -> None:
         for name in ("d_in", "n_latents"):
@@ -124,6 +133,11 @@ class SAE(nn.Module):
         self.losses = tuple(losses)
         self.skip = skip
         self.metadata: dict[str, Any] = {}
+        if cfg.standardise_tokens and (self.is_transcoder or selector.needs_extras):
+            raise ValueError(
+                "standardise_tokens applies to SAEs that reconstruct their own input from it "
+                "alone: not to transcoders or coders that need per-token extras (g-SAE)"
+            )
         # Tied initialisation: encoder rows = the atoms (Conerly et al. 2024; Gao et al. 2024).
         gen = torch.Generator().manual_seed(cfg.seed)
         atoms = torch.randn(cfg.n_latents, cfg.d_in, generator=gen)
@@ -210,7 +224,7 @@ class SAE(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(codes [batch, n_latents], per-token selection stats by name, each [batch])."""
         self._check_knobs(knobs)
-        code, _, _ = self._select(x, extras or {}, knobs, training=False)
+        code, _, _ = self._select(self._coder_input(x)[0], extras or {}, knobs, training=False)
         stats = code.stats if isinstance(code, SparseCode) else {}
         return dense_code(code, detach=False), stats
 
@@ -232,8 +246,22 @@ class SAE(nn.Module):
         self, x: torch.Tensor, extras: Mapping[str, torch.Tensor] | None = None, **knobs: Any
     ) -> torch.Tensor:
         """Reconstruction (a transcoder's prediction of its target) with the inference
-        selector."""
-        return self._output(x, self.decode(self.encode(x, extras, **knobs)))
+        selector, in the input's units (a standardised input's moments restored)."""
+        self._check_knobs(knobs)
+        x_in, moments = self._coder_input(x)
+        code, _, _ = self._select(x_in, extras or {}, knobs, training=False)
+        return self._restore(self._output(x_in, self.decode(code)), moments)
+
+    def _coder_input(self, x: torch.Tensor) -> tuple[torch.Tensor, TokenMoments | None]:
+        """x as the coder sees it: standardised per token when the config says so (with the
+        moments that map a reconstruction back), else x itself."""
+        if not self.cfg.standardise_tokens:
+            return x, None
+        return standardise(x)
+
+    @staticmethod
+    def _restore(y: torch.Tensor, moments: TokenMoments | None) -> torch.Tensor:
+        return y if moments is None else restore(y, moments)
 
     def _output(self, x: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
         return decoded if self.skip is None else decoded + self.skip.apply(self, x)
@@ -243,11 +271,14 @@ class SAE(nn.Module):
         needed by the callers: evaluation, the browser)."""
         if self.encoder is None:
             raise ValueError(f"{self.architecture} has no encoder (codes come from a pursuit)")
+        x = self._coder_input(x)[0]
         return self.encoder.pre_activations(self, self.encoder.centre(self, x)).full()
 
     def training_forward(self, x: torch.Tensor, ctx: TrainContext) -> TrainOutput:
         """The training pass: the selector's training rule, the reconstruction and every loss
-        term."""
+        term. Loss terms see the input as the coder does (standardised per token when
+        configured); the returned x_hat is in the input's units."""
+        x, moments = self._coder_input(x)
         code, x_centered, pre = self._select(x, ctx.extras, {}, training=True)
         x_hat = self._output(x, self.decode(code))
         target = self._target(x, ctx.extras)
@@ -262,7 +293,7 @@ class SAE(nn.Module):
                     part.observe(self, fwd, stats)
         if isinstance(code, SparseCode):
             stats.update({k: float(v.float().mean()) for k, v in code.stats.items()})
-        return TrainOutput(x_hat, dense_code(code), losses, stats)
+        return TrainOutput(self._restore(x_hat, moments), dense_code(code), losses, stats)
 
     def _target(self, x: torch.Tensor, extras: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if not self.is_transcoder:
@@ -311,6 +342,7 @@ class SAE(nn.Module):
         inference thresholds are set exactly here."""
         if self.encoder is None:
             return
+        x = self._coder_input(x)[0]
         pre = self.encoder.pre_activations(self, self.encoder.centre(self, x))
         for part in self.parts:
             part.finalise(self, pre)
@@ -322,7 +354,10 @@ class SAE(nn.Module):
         act on raw activations with codes in raw units. Codes of positively homogeneous coders
         scale by 1/scale when every bias, threshold and absolute stopping rule does; atoms
         stay unit norm. With a separate target scale s_y the input weights first take the
-        factor scale/s_y, and everything else is divided by s_y."""
+        factor scale/s_y, and everything else is divided by s_y. A per-token standardised SAE
+        is invariant to the input's scale: nothing to fold."""
+        if self.cfg.standardise_tokens:
+            return
         if target_scale is not None and target_scale != scale:
             for part in self.parts:
                 part.rescale_input(self, scale / target_scale)

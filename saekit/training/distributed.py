@@ -120,6 +120,21 @@ class Distributed:
             dist.destroy_process_group()
 
 
+def resolve_device(name: str) -> str:
+    """The device a name means here: auto is CUDA when available, else the CPU; under
+    torchrun, cuda is this rank's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        if name == "cuda" and "LOCAL_RANK" in os.environ:
+            name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    elif name != "cpu":
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return name
+
+
 def from_environment(
     mode: str = "data", timeout_s: float = 300.0, backend: str = "gloo"
 ) -> Distributed | None:

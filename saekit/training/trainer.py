@@ -18,20 +18,22 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from saekit.data.stream import ActivationStream, Batch
 from saekit.formats import native
+from saekit.options import check_config_values, option
 from saekit.sae.base import SAE, TrainContext
 from saekit.sae.registry import get_architecture, make_config
+from saekit.sae.standardise import standardise
 from saekit.training import checkpoint as ckpt
 from saekit.training import logsinks
-from saekit.training.distributed import Distributed
+from saekit.training.distributed import Distributed, resolve_device
 from saekit.training.init import geometric_median, input_scale
-from saekit.training.optimizers import ScheduleFreeSignSGD, check_optimizer, make_optimizer
+from saekit.training.optimizers import OPTIMIZERS, ScheduleFreeSignSGD, make_optimizer
 
 
 class NonFiniteActivationsError(ValueError):
@@ -47,35 +49,60 @@ class NonFiniteTrainingError(ValueError):
 class TrainConfig:
     """Hyperparameters shared by every SAE trained on the stream."""
 
-    steps: int = 1000
-    lr: float | None = None  # None: 2e-4 / sqrt(n_latents / 2**14), per SAE
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 50
-    decay_fraction: float = 0.2  # linear decay to 0 over this final fraction of steps
-    grad_clip: float = 1.0
-    dead_window_tokens: int = 1_000_000
-    normalise_inputs: bool = True
-    init_b_dec: str = "geometric_median"  # or "mean", "zero"
-    init_batches: int = 2  # batches read before step 0 to set the scale and b_dec
-    log_every: int = 25
-    checkpoint_every: int = 0  # steps; 0 = only at the end and on interruption
-    progress_bar: bool = True
-    device: str = "cpu"  # "cuda", "cuda:1", ...: SAEs and batches live there
-    # "bf16": matmuls in bfloat16 under autocast; weights, thresholds and Adam stay fp32.
-    autocast: str | None = None
-    optimizer: str = "adam"  # or "signsgd-sf", "muon" (saekit/training/optimizers.py)
+    # The main job's budget (README, "Why these defaults"): 3,000 steps of 1,024 tokens.
+    steps: int = option(3000, "optimiser steps", lo=1)
+    lr: float | None = option(
+        None, "learning rate (default 2e-4 / sqrt(n_latents / 2^14), per SAE)", lo=0, above=True
+    )
+    betas: tuple[float, float] = option((0.9, 0.999), "Adam's beta1 and beta2", lo=0, hi=1)
+    warmup_steps: int = option(50, "steps of linear learning-rate warm-up from 0", lo=0)
+    decay_fraction: float = option(
+        0.2, "final fraction of the steps over which the learning rate decays linearly to 0",
+        lo=0, hi=1,
+    )  # fmt: skip
+    grad_clip: float = option(1.0, "clip the gradient norm at this value (0 = no clipping)", lo=0)
+    dead_window_tokens: int = option(
+        1_000_000, "tokens without firing before a latent counts as dead", lo=1
+    )
+    normalise_inputs: bool = option(
+        True,
+        "dataset-wide input scale: inputs scaled so that E‖x‖ = √d_in, folded into the "
+        "weights on save (for per-token standardisation see --standardise-tokens)",
+    )
+    init_b_dec: Literal["geometric_median", "mean", "zero"] = option(
+        "geometric_median", "initial b_dec: a sample's geometric median or mean, or zero"
+    )
+    init_batches: int = option(
+        2, "batches read before step 0 to set the input scale and b_dec", lo=1
+    )
+    log_every: int = option(
+        25, "steps between metric rows (metrics.jsonl, progress bar, held-out FVU)", lo=1
+    )
+    checkpoint_every: int = option(
+        0, "steps between checkpoints (0 = only at the end and on interruption)", lo=0
+    )
+    progress_bar: bool = option(True, "show a progress bar", flag="progress")
+    device: str = option(
+        "auto",
+        "cpu, cuda or cuda:N: where the SAEs and batches live (auto: CUDA when present, one GPU "
+        "per rank under torchrun)",
+    )
+    autocast: Literal["bf16"] | None = option(
+        None, "bf16: matmuls in bfloat16 under autocast; weights, thresholds and Adam stay fp32"
+    )
+    optimizer: str = option(
+        "adam",
+        "adam, signsgd-sf (sign descent, schedule-free) or muon (saekit/training/optimizers.py)",
+        choices=OPTIMIZERS,
+    )
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
-        if self.autocast not in (None, "bf16"):
-            raise ValueError(f"autocast must be None or 'bf16', got {self.autocast!r}")
-        if self.init_b_dec not in {"geometric_median", "mean", "zero"}:
-            raise ValueError(
-                f"init_b_dec must be geometric_median, mean or zero, got {self.init_b_dec!r}"
-            )
-        if self.steps < 1:
-            raise ValueError("steps must be >= 1")
-        check_optimizer(self.optimizer)
+        # What the trainer cannot run without; every declared range is checked where values
+        # come in (flags, config files, run.json), while the library leaves an extreme lr to
+        # the divergence guard.
+        structural = ("steps", "init_b_dec", "autocast", "optimizer")
+        check_config_values(TrainConfig, {k: getattr(self, k) for k in structural})
 
 
 def default_lr(n_latents: int) -> float:
@@ -109,6 +136,10 @@ class Trainer:
 
     Resume with `Trainer.resume(out_dir, stream)`: the stream must be rebuilt the same way
     (the CLI stores its spec in run.json); the result is bit-identical to an uninterrupted run.
+
+    `heldout`: a fixed batch of held-out activations (raw units); every metric row then also
+    records each SAE's FVU on it (`heldout_fvu`), beside the training batch's `fvu`: the gap
+    between the two is what repeated passes over a cache cost.
     """
 
     def __init__(
@@ -119,6 +150,7 @@ class Trainer:
         out_dir: str | Path | None = None,
         run_info: dict[str, Any] | None = None,
         group: Distributed | None = None,
+        heldout: Batch | None = None,
     ):
         if not saes:
             raise ValueError("nothing to train: no SAEs given")
@@ -128,7 +160,7 @@ class Trainer:
                     f"SAE {name!r} has d_in={sae.d_in} but the stream has d_in={stream.d_in}"
                 )
         self.cfg = cfg
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(resolve_device(cfg.device))
         for sae in saes.values():
             sae.to(self.device)
         self.stream = stream
@@ -147,6 +179,7 @@ class Trainer:
         # Where SAE directories go (module-parallel ranks share one saes/ folder).
         self.saes_dir = self.out_dir / "saes" if self.out_dir is not None else None
         self.run_info = run_info or {}
+        self.heldout = heldout
         self.members = [self._member(name, sae) for name, sae in saes.items()]
         self.step = 0
         self.scale = 1.0
@@ -183,6 +216,10 @@ class Trainer:
                 f"NaN/Inf activations in the batch for step {self.step} (rows {bad}); "
                 "nothing was trained on it — check the data source"
             )
+        return self._scaled(batch)
+
+    def _scaled(self, batch: Batch) -> Batch:
+        """The batch on the training device, in the training units (input scale applied)."""
         x = batch.x.to(self.device).float() * self.scale
         extras = {k: v.to(self.device) for k, v in batch.extras.items()}
         if "target" in extras:  # transcoders: the target's own scale, folded on save
@@ -213,18 +250,20 @@ class Trainer:
             self.scale = input_scale(sample)
             if targets is not None:
                 self.target_scale = input_scale(targets.float())
+        spaces = {  # b_dec lives where the SAE reconstructs
+            "x": lambda: sample.float() * self.scale,
+            "target": lambda: targets.float() * self.target_scale,  # a transcoder's target
+            "standardised": lambda: standardise(sample.float())[0],  # standardise_tokens
+        }
         biases: dict[str, torch.Tensor] = {}  # computed once per space, shared by members
         for m in self.members:
-            # b_dec lives where the SAE reconstructs: the input, or a transcoder's target.
             # A bias kept at 0 (MP-SAE without b_pre) is left alone.
             if not m.sae.dictionary.bias_from_data:
                 continue
             space = "target" if m.sae.is_transcoder else "x"
+            space = "standardised" if m.sae.cfg.standardise_tokens else space
             if space not in biases:
-                if space == "target":
-                    biases[space] = self._initial_bias(targets.float() * self.target_scale)
-                else:
-                    biases[space] = self._initial_bias(sample.float() * self.scale)
+                biases[space] = self._initial_bias(spaces[space]())
             m.sae.b_dec.copy_(biases[space])
         self.initialised = True
 
@@ -258,10 +297,21 @@ class Trainer:
             m.tokens_since_fired += len(batch) * (self.dp.world_size if self.dp else 1)
             m.tokens_since_fired[fired] = 0
             if log_now:
-                # a transcoder's x_hat predicts its target, [batch, d_out]: score it there
-                y = batch.extras["target"] if m.sae.is_transcoder else batch.x
-                m.last = self._step_metrics(y, out, loss, dead, m)
+                m.last = self._step_metrics(_scored(m.sae, batch), out, loss, dead, m)
+                if self.heldout is not None:
+                    m.last["heldout_fvu"] = self._heldout_fvu(m.sae)
         self.step += 1
+
+    @torch.no_grad()
+    def _heldout_fvu(self, sae: SAE) -> float:
+        """FVU on the fixed held-out batch under the training selection, as the training
+        batch's FVU is measured (BatchTopK's inference threshold, say, is only a running
+        estimate until training ends). On a copy in eval mode: what a selection tracks
+        (thresholds, densities, ITDA's atoms, JumpReLU's λ) must not learn from held-out data."""
+        batch = self._scaled(self.heldout)
+        probe = copy.deepcopy(sae).eval()
+        ctx = TrainContext(progress=self.step / self.cfg.steps, extras=batch.extras)
+        return fvu(probe.training_forward(batch.x, ctx).x_hat, _scored(sae, batch))
 
     def _update(self, m: Member, loss: torch.Tensor) -> None:
         """Backward, radial decoder gradient removed, clip, Adam, schedule, constraints; a
@@ -293,12 +343,10 @@ class Trainer:
 
     @staticmethod
     @torch.no_grad()
-    def _step_metrics(x, out, loss, dead, m: Member) -> dict[str, float]:
-        err = (out.x_hat - x).pow(2).sum()
-        var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+    def _step_metrics(y, out, loss, dead, m: Member) -> dict[str, float]:
         row = {
             "loss": float(loss),
-            "fvu": float(err / var),
+            "fvu": fvu(out.x_hat, y),
             "l0": float((out.codes != 0).sum(-1).float().mean()),
             "dead_frac": float(dead.float().mean()),
             "lr": m.scheduler.get_last_lr()[0] if m.scheduler is not None else 0.0,
@@ -413,11 +461,7 @@ class Trainer:
         paths = {}
         for m in self.members:
             meta = {
-                "normalisation": {
-                    "input_scale_folded": self.scale,
-                    **({"target_scale_folded": self.target_scale} if m.sae.is_transcoder else {}),
-                    "convention": "E||x|| = sqrt(d_in)",
-                },
+                "normalisation": self._normalisation(m.sae),
                 "data": self.stream.describe(),
                 "training": {
                     "steps": self.step,
@@ -429,6 +473,20 @@ class Trainer:
             }
             paths[m.name] = native.save(self.export(m), self.saes_dir / m.name, meta)
         return paths
+
+    def _normalisation(self, sae: SAE) -> dict[str, Any]:
+        """How inputs were normalised in training, for the SAE's metadata."""
+        if sae.cfg.standardise_tokens:
+            return {
+                "per_token_standardisation": True,
+                "convention": "encode standardises each token: (x - mean) / std over d_in; "
+                "the reconstruction is mapped back (cfg.json standardise_tokens)",
+            }
+        return {
+            "input_scale_folded": self.scale,
+            **({"target_scale_folded": self.target_scale} if sae.is_transcoder else {}),
+            "convention": "E||x|| = sqrt(d_in)",
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -474,6 +532,7 @@ class Trainer:
         out_dir: str | Path,
         stream: ActivationStream,
         group: Distributed | None = None,
+        heldout: Batch | None = None,
         **overrides: Any,
     ) -> Trainer:
         """Rebuild a trainer from the newest checkpoint in out_dir. Data-parallel runs resume
@@ -486,7 +545,7 @@ class Trainer:
         for why in skipped:
             print(f"saekit: skipping checkpoint: {why}", file=sys.stderr)
         try:
-            return cls._from_state(out_dir, stream, state, overrides, group)
+            return cls._from_state(out_dir, stream, state, overrides, group, heldout)
         except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:
             raise ckpt.CheckpointError(f"{path}: cannot resume from this checkpoint: {e}") from None
 
@@ -498,15 +557,16 @@ class Trainer:
         state: dict,
         overrides: dict[str, Any],
         group: Distributed | None = None,
+        heldout: Batch | None = None,
     ) -> Trainer:
         cfg = TrainConfig(**{**state["train_config"], **overrides})
         saes = {}
         for ms in state["members"]:
             fields = {k: v for k, v in ms["sae_config"].items() if k != "architecture"}
             arch = ms["sae_config"]["architecture"]
-            native.check_config_values(get_architecture(arch).Config, fields)
+            check_config_values(get_architecture(arch).Config, fields)
             saes[ms["name"]] = get_architecture(arch)(make_config(arch, **fields))
-        trainer = cls(saes, stream, cfg, out_dir, group=group)
+        trainer = cls(saes, stream, cfg, out_dir, group=group, heldout=heldout)
         trainer.step = state["step"]
         trainer.scale = state["scale"]
         trainer.target_scale = state.get("target_scale", state["scale"])
@@ -537,6 +597,19 @@ class Trainer:
             m.tokens_since_fired.copy_(ms["tokens_since_fired"])
             m.last = ms["last"]
         return trainer
+
+
+def _scored(sae: SAE, batch: Batch) -> torch.Tensor:
+    """What the SAE's output is scored against: the input, or a transcoder's target."""
+    return batch.extras["target"] if sae.is_transcoder else batch.x
+
+
+@torch.no_grad()
+def fvu(x_hat: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of variance unexplained of y [batch, d] by x_hat, over the batch."""
+    err = (x_hat.float() - y.float()).pow(2).sum()
+    var = (y.float() - y.float().mean(0)).pow(2).sum().clamp_min(1e-12)
+    return float(err / var)
 
 
 class _DeferredInterrupts:

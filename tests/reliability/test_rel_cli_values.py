@@ -57,7 +57,7 @@ for opt, expect in {
     "aux_coeff=abc": "aux_coeff",
     "aux_coeff=nan": "aux_coeff",
     "k=4.5": "'k'",
-    "k=-3": "k must be",
+    "k=-3": "'k' must be >= 1",
     "bogus=1": "bogus",
     "noequals": "KEY=VALUE",
     "=5": "KEY=VALUE",

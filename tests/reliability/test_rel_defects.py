@@ -305,7 +305,7 @@ def test_10_resume_from_another_directory(tmp_path, monkeypatch, capsys):
     argv = ["train", "--data", "cache:acts", "--n-latents", "32", "--k", "2", "--steps", "10",
             "--batch-size", "32", "--eval-tokens", "64", "--no-progress", "--out", "run"]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
-    settings = json.loads((work / "run" / "run.json").read_text())["settings"]
-    assert Path(settings["train_data"].removeprefix("cache:").split("@")[0]).is_absolute()
+    train_data = json.loads((work / "run" / "run.json").read_text())["train_data"]
+    assert Path(train_data.removeprefix("cache:").split("@")[0]).is_absolute()
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--resume", str(work / "run"), "--no-progress"]) == 0

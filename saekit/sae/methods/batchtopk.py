@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saekit.options import option
 from saekit.sae.losses import AuxK, Reconstruction
 from saekit.sae.methods.common import linear_parts
 from saekit.sae.methods.topk import TopKConfig
@@ -13,8 +14,12 @@ from saekit.sae.selectors import BatchTopK
 
 @dataclass
 class BatchTopKConfig(TopKConfig):
-    # EMA rate of the inference threshold θ, tracked as the smallest kept training activation.
-    threshold_ema: float = 0.01
+    threshold_ema: float = option(
+        0.01,
+        "EMA rate of the inference threshold, tracked as the smallest kept training activation",
+        lo=0,
+        hi=1,
+    )
 
 
 @architecture("batchtopk", BatchTopKConfig)

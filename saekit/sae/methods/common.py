@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saekit.options import option
 from saekit.sae.base import SAEConfig
 from saekit.sae.dictionary import Dictionary
 from saekit.sae.encoders import LinearEncoder, Skip
@@ -11,14 +12,15 @@ from saekit.sae.encoders import LinearEncoder, Skip
 
 @dataclass
 class EncoderConfig(SAEConfig):
-    """transcode: reconstruct the stream's paired target (extras["target"], e.g. an MLP's
-    output) from the input instead of the input itself (Dunefsky et al. 2024, arXiv
-    2406.11944); the encoder then sees the raw input. d_out: the target's width (default
-    d_in). skip: add a linear skip path x W_skip (skip transcoder)."""
+    """The transcoder options (Dunefsky et al. 2024, arXiv 2406.11944)."""
 
-    transcode: bool = False
-    d_out: int | None = None
-    skip: bool = False
+    transcode: bool = option(
+        False,
+        "reconstruct the stream's paired target (e.g. an MLP's output) from the input instead "
+        "of the input itself; the encoder then sees the raw input",
+    )
+    d_out: int | None = option(None, "the target's width (default d_in)", lo=1)
+    skip: bool = option(False, "add a linear skip path x W_skip (skip transcoder)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -29,11 +31,16 @@ class EncoderConfig(SAEConfig):
 
 
 @dataclass
-class AuxKConfig:
-    """AuxK on dead latents: k_aux (default d_in // 2) and its weight."""
+class AuxKConfig(SAEConfig):
+    """AuxK on dead latents (Gao et al. 2024, arXiv 2406.04093)."""
 
-    k_aux: int | None = None
-    aux_coeff: float = 1 / 32
+    k_aux: int | None = option(
+        None,
+        "dead latents the AuxK term reconstructs the residual with (default d_in // 2, as "
+        "sparsify, SAELens and dictionary_learning)",
+        lo=1,
+    )
+    aux_coeff: float = option(1 / 32, "weight of the AuxK dead-latent term")
 
 
 def linear_parts(cfg: EncoderConfig, unit_norm: bool = True, init_norm: float = 1.0) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saekit.options import option
 from saekit.sae.base import SAEConfig
 from saekit.sae.losses import AuxZipf, Reconstruction
 from saekit.sae.methods.batchtopk import BatchTopKConfig
@@ -22,26 +23,28 @@ from saekit.sae.selectors.feature_choice import CAPACITIES
 
 @dataclass
 class AuxZipfOptions(SAEConfig):
-    """aux_zipf_coeff: weight of the term; zipf_tail: fraction of rarest latents left out of
-    the Zipf fit; zipf_slack: dying below this fraction of the fitted density; density_ema:
-    rate of the running densities."""
-
-    aux_zipf_coeff: float = 1 / 32
-    zipf_tail: float = 0.2
-    zipf_slack: float = 0.1
-    density_ema: float = 0.01
+    aux_zipf_coeff: float = option(1 / 32, "weight of the aux_zipf term")
+    zipf_tail: float = option(0.2, "fraction of the rarest latents left out of the Zipf fit")
+    zipf_slack: float = option(
+        0.1, "a latent is dying below this fraction of its fitted Zipf density"
+    )
+    density_ema: float = option(0.01, "rate of the running latent densities", lo=0, hi=1)
 
 
 @dataclass
 class FeatureChoiceConfig(TopKConfig, AuxZipfOptions):
-    """k: average latents per token (capacities sum to k·batch). capacity: "uniform" or
-    "zipf" with m_i ∝ (rank_i + zipf_b)^−zipf_a. threshold_ema: rate of the inference
-    thresholds' running estimate."""
+    """k: average latents per token (the capacities sum to k·batch)."""
 
-    capacity: str = "uniform"
-    zipf_a: float = 1.0
-    zipf_b: float = 1.0
-    threshold_ema: float = 0.01
+    capacity: str = option(
+        "uniform",
+        "latent capacities: uniform, or zipf with m_i ∝ (rank_i + zipf_b)^−zipf_a",
+        choices=CAPACITIES,
+    )
+    zipf_a: float = option(1.0, "exponent of the Zipf capacities")
+    zipf_b: float = option(1.0, "rank offset of the Zipf capacities")
+    threshold_ema: float = option(
+        0.01, "rate of the per-latent inference thresholds' running estimate", lo=0, hi=1
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saekit.options import option
 from saekit.sae.dictionary import Dictionary
 from saekit.sae.encoders import GatedEncoder
 from saekit.sae.losses import L1, GatedAuxiliary, Reconstruction
@@ -15,8 +16,10 @@ from saekit.sae.selectors import Gate
 
 @dataclass
 class GatedConfig(EncoderConfig):
-    l1_coeff: float = 5.0  # λ on ReLU(π_gate)·‖d_i‖, at E||x|| = sqrt(d_in)
-    l1_warmup: float = 0.05  # fraction of training over which λ ramps linearly from 0
+    l1_coeff: float = option(5.0, "λ on ReLU(π_gate)·‖d_i‖, at E‖x‖ = √d_in", lo=0)
+    l1_warmup: float = option(
+        0.05, "fraction of training over which λ ramps linearly from 0", lo=0, hi=1
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saekit.options import option
 from saekit.sae.losses import AuxK, Reconstruction
 from saekit.sae.methods.common import linear_parts
 from saekit.sae.methods.topk import TopKConfig
@@ -17,18 +18,27 @@ INFERENCE = ("gradient", "topk")
 
 @dataclass
 class GSAEConfig(TopKConfig):
-    """beta: weight of the gradient term; saved SAEs store it in raw activation units.
-    grad_norm: "none" uses g as given; "unit" uses g/‖g‖ per token, which makes β mean the
-      same on every token and independent of the input scale and the loss's reduction.
-    clip: cap on |W_dec g| (after grad_norm); guards against heavy-tailed gradients letting
-      one direction dominate the ranking. None = no cap.
-    inference: the selection `encode` uses: "gradient" (needs g) or "topk".
-    """
-
-    beta: float = 1.0
-    grad_norm: str = "none"
-    clip: float | None = None
-    inference: str = "gradient"
+    beta: float = option(
+        1.0, "g-SAE: weight of the gradient term (saved SAEs store it in raw activation units)"
+    )
+    grad_norm: str = option(
+        "none",
+        "g-SAE: 'none' uses the gradient g as given; 'unit' uses g/‖g‖ per token, so that β "
+        "means the same on every token, whatever the input scale or the loss's reduction",
+        choices=("none", "unit"),
+    )
+    clip: float | None = option(
+        None,
+        "g-SAE: cap on |W_dec g| (after grad_norm), against heavy-tailed gradients letting one "
+        "direction dominate the ranking (default: no cap)",
+        lo=0,
+        above=True,
+    )
+    inference: str = option(
+        "gradient",
+        "g-SAE: the selection encode uses: 'gradient' (needs g) or 'topk'",
+        choices=("gradient", "topk"),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from saekit.options import option
 from saekit.sae.dictionary import Dictionary
 from saekit.sae.losses import Reconstruction
-from saekit.sae.methods.mpsae import PursuitOptions
+from saekit.sae.methods.mpsae import SIGN_HELP, PursuitOptions
+from saekit.sae.pursuit import SIGNS
 from saekit.sae.registry import Composition, architecture
 from saekit.sae.selectors import MatchingPursuit
 from saekit.sae.sparse import SparseCode
@@ -28,10 +30,12 @@ from saekit.sae.sparse import SparseCode
 
 @dataclass
 class ITDAConfig(PursuitOptions):
-    """n_latents: the cap on atoms. n_steps: pursuit steps k. loss_threshold: τ."""
+    """n_latents: the cap on atoms; n_steps: pursuit steps k."""
 
-    sign: str = "abs"
-    loss_threshold: float = 0.2
+    sign: str = option("abs", SIGN_HELP, choices=SIGNS)
+    loss_threshold: float = option(
+        0.2, "ITDA: τ, a token becomes an atom when its pursuit error exceeds it", lo=0
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

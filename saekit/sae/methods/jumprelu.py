@@ -5,24 +5,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saekit.options import option
 from saekit.sae.losses import L0, AuxK, Reconstruction
-from saekit.sae.methods.common import EncoderConfig, linear_parts
+from saekit.sae.methods.common import AuxKConfig, EncoderConfig, linear_parts
 from saekit.sae.registry import Composition, architecture
 from saekit.sae.selectors import JumpReLU
 
 
 @dataclass
-class JumpReLUConfig(EncoderConfig):
-    sparsity_coeff: float = 0.01  # λ on the mean L0 (initial value when target_l0 is set)
-    target_l0: float | None = None  # when set, λ adapts so the L0 reaches this value
-    target_lr: float = 0.01  # multiplicative step of the adaptive λ
-    sparsity_warmup: float = 0.1  # fraction of training over which a fixed λ ramps from 0
-    bandwidth: float = 0.05  # ε, in units of pre-activations at E||x|| = sqrt(d_in)
-    init_threshold: float = 0.1
-    # AuxK on dead latents: a latent whose θ rose above all its pre-activations gets no
-    # gradient from either loss term and would stay dead forever.
-    k_aux: int | None = None  # default d_in // 2
-    aux_coeff: float = 1 / 32
+class JumpReLUConfig(EncoderConfig, AuxKConfig):
+    """AuxK on dead latents too: a latent whose θ rose above all its pre-activations gets no
+    gradient from either loss term and would stay dead forever."""
+
+    sparsity_coeff: float = option(
+        0.01, "λ on the mean L0 (the initial value when target_l0 is set)", lo=0
+    )
+    target_l0: float | None = option(
+        None, "when set, λ adapts so that the L0 reaches this value", lo=0, above=True
+    )
+    target_lr: float = option(0.01, "multiplicative step of the adaptive λ", lo=0, above=True)
+    sparsity_warmup: float = option(
+        0.1, "fraction of training over which a fixed λ ramps from 0", lo=0, hi=1
+    )
+    bandwidth: float = option(
+        0.05, "ε, in units of pre-activations at E‖x‖ = √d_in", lo=0, above=True
+    )
+    init_threshold: float = option(0.1, "initial per-latent threshold θ", lo=0)
 
 
 @architecture("jumprelu", JumpReLUConfig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saekit.options import option
 from saekit.sae.losses import AuxK, MatryoshkaPrefixes
 from saekit.sae.methods.batchtopk import BatchTopKConfig
 from saekit.sae.methods.common import linear_parts
@@ -13,9 +14,11 @@ from saekit.sae.selectors import BatchTopK
 
 @dataclass
 class MatryoshkaConfig(BatchTopKConfig):
-    # Sizes of the nested groups, summing to n_latents. Default: fractions 1/16, 1/16, 1/8,
-    # 1/4 and the rest (the ratios of the reference recipe).
-    group_sizes: list[int] | None = None
+    group_sizes: list[int] | None = option(
+        None,
+        "sizes of the nested groups, summing to n_latents (default: fractions 1/16, 1/16, "
+        "1/8, 1/4 and the rest, the ratios of the reference recipe)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -5,32 +5,43 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saekit.options import option
 from saekit.sae.base import SAEConfig
 from saekit.sae.dictionary import Dictionary
 from saekit.sae.losses import AuxK, Reconstruction
+from saekit.sae.methods.common import AuxKConfig
 from saekit.sae.pursuit import SIGNS
 from saekit.sae.registry import Composition, architecture
 from saekit.sae.selectors import MatchingPursuit
 
+SIGN_HELP = (
+    "pursuit selection: nonneg (argmax ReLU(c), codes >= 0, comparable with TopK), signed "
+    "(argmax c) or abs (classic MP: argmax |c|, signed coefficient)"
+)
+
 
 @dataclass
 class PursuitOptions(SAEConfig):
-    """n_steps: pursuit steps T (the cap at inference too). sign: `nonneg` (argmax ReLU(c),
-    codes ≥ 0, comparable with TopK), `signed` (argmax c) or `abs` (classic MP: argmax |c|,
-    signed coefficient). residual_threshold / relative_threshold: default adaptive stop
-    ‖r‖ < τ or ‖r‖²/‖x − b_pre‖² < τ_rel, in training and inference alike; None = off.
-    refresh_every: exact correlation recompute interval of the Gram path (fp32 drift).
-    gram_budget_mb: largest n_latents² Gram to build; beyond it only the rows of selected
-    atoms are computed. cache_gram: keep the inference Gram until W_dec changes.
-    """
-
-    n_steps: int = 32
-    sign: str = "nonneg"
-    residual_threshold: float | None = None
-    relative_threshold: float | None = None
-    refresh_every: int | None = 32
-    gram_budget_mb: float = 1024.0
-    cache_gram: bool = True
+    n_steps: int = option(32, "pursuit steps T (the cap at inference too)", lo=1)
+    sign: str = option("nonneg", SIGN_HELP, choices=SIGNS)
+    residual_threshold: float | None = option(
+        None, "adaptive stop when ‖r‖ < τ, in training and inference alike (default off)", lo=0
+    )
+    relative_threshold: float | None = option(
+        None,
+        "adaptive stop when ‖r‖²/‖x − b_pre‖² < τ_rel, in training and inference alike "
+        "(default off)",
+        lo=0,
+    )
+    refresh_every: int | None = option(
+        32, "steps between exact correlation recomputes on the Gram path (fp32 drift)", lo=1
+    )
+    gram_budget_mb: float = option(
+        1024.0,
+        "largest n_latents² Gram to build; beyond it only the selected atoms' rows are computed",
+        lo=0,
+    )
+    cache_gram: bool = option(True, "keep the inference Gram until W_dec changes")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -41,13 +52,10 @@ class PursuitOptions(SAEConfig):
 
 
 @dataclass
-class MPSAEConfig(PursuitOptions):
-    """use_b_pre: learn b_pre (= b_dec); off keeps it at 0 as overcomplete does. k_aux,
-    aux_coeff: the dead-atom AuxK term on the final residual."""
+class MPSAEConfig(PursuitOptions, AuxKConfig):
+    """AuxK: the dead-atom term on the final residual."""
 
-    use_b_pre: bool = True
-    k_aux: int | None = None
-    aux_coeff: float = 1 / 32
+    use_b_pre: bool = option(True, "learn b_pre (= b_dec); off keeps it at 0, as overcomplete")
 
 
 @architecture("mpsae", MPSAEConfig)

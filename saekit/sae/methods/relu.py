@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saekit.options import option
 from saekit.sae.losses import L1, Reconstruction
 from saekit.sae.methods.common import EncoderConfig, linear_parts
 from saekit.sae.registry import Composition, architecture
@@ -13,9 +14,11 @@ from saekit.sae.selectors import ReLU
 
 @dataclass
 class ReLUConfig(EncoderConfig):
-    l1_coeff: float = 5.0  # λ at E||x|| = sqrt(d_in)
-    l1_warmup: float = 0.05  # fraction of training over which λ ramps linearly from 0
-    init_atom_norm: float = 0.1
+    l1_coeff: float = option(5.0, "λ on Σ f_i‖d_i‖, at E‖x‖ = √d_in", lo=0)
+    l1_warmup: float = option(
+        0.05, "fraction of training over which λ ramps linearly from 0", lo=0, hi=1
+    )
+    init_atom_norm: float = option(0.1, "initial decoder atom norm (free norms)", lo=0, above=True)
 
 
 @architecture("relu", ReLUConfig)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saekit.options import option
 from saekit.sae.losses import AuxK, NormMatchingLoss, Reconstruction
-from saekit.sae.methods.common import EncoderConfig, linear_parts
+from saekit.sae.methods.common import AuxKConfig, EncoderConfig, linear_parts
 from saekit.sae.registry import Composition, architecture
 from saekit.sae.selectors import NormMatching
 from saekit.sae.selectors.norm_matching import RULES
@@ -15,21 +16,30 @@ LOSS_TARGETS = ("input", "centred")
 
 
 @dataclass
-class TopAFAConfig(EncoderConfig):
-    """rule: "nearest" or "first_exceed". k_max: cap on latents kept per token (effective
-    cap min(k_max, n_latents − 1), the reference's own limit); the default is far above the
-    L0 top-AFA reaches on LM activations (a cap of 512 bound on SmolLM2 at 2,304 latents),
-    so it rarely binds; the share of capped tokens is the selector's "cap_frac", reported by
-    training and evaluation. Saved SAEs keep the k_max they were trained with. afa_coeff:
-    λ_AFA in the reference's units. loss_target: "input" (un-centred ‖x‖, the reference) or
-    "centred" (‖x − b_dec‖)."""
+class TopAFAConfig(EncoderConfig, AuxKConfig):
+    """Saved SAEs keep the k_max they were trained with."""
 
-    rule: str = "nearest"
-    k_max: int = 4096
-    afa_coeff: float = 1 / 32
-    loss_target: str = "input"
-    k_aux: int | None = None  # default d_in // 2, as TopK
-    aux_coeff: float = 1 / 32
+    rule: str = option(
+        "nearest",
+        "top-AFA: keep the prefix whose code norm is nearest to the input's, or the first to "
+        "exceed it",
+        choices=RULES,
+    )
+    k_max: int = option(
+        4096,
+        "top-AFA: cap on latents kept per token (effective min(k_max, n_latents − 1), the "
+        "reference's own limit); far above the L0 top-AFA reaches on LM activations (512 bound "
+        "on SmolLM2 at 2,304 latents), so it rarely binds: the share of capped tokens is the "
+        "selector's cap_frac, reported by training and evaluation",
+        lo=1,
+    )
+    afa_coeff: float = option(1 / 32, "top-AFA: λ_AFA in the reference's units", lo=0)
+    loss_target: str = option(
+        "input",
+        "top-AFA: the norm the code's norm is matched to: 'input' (un-centred ‖x‖, the "
+        "reference) or 'centred' (‖x − b_dec‖)",
+        choices=LOSS_TARGETS,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

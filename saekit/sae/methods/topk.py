@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saekit.options import option
 from saekit.sae.losses import AuxK, Reconstruction
-from saekit.sae.methods.common import EncoderConfig, check_k, linear_parts
+from saekit.sae.methods.common import AuxKConfig, EncoderConfig, check_k, linear_parts
 from saekit.sae.registry import Composition, architecture
 from saekit.sae.selectors import TopK
 
 
 @dataclass
-class TopKConfig(EncoderConfig):
-    k: int = 32
-    k_aux: int | None = None  # default d_in // 2 (as sparsify, SAELens, dictionary_learning)
-    aux_coeff: float = 1 / 32
+class TopKConfig(EncoderConfig, AuxKConfig):
+    k: int = option(32, "latents kept per token (the sparsity L0)", lo=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saekit.options import option
 from saekit.sae.losses import AuxK, Reconstruction
 from saekit.sae.methods.common import linear_parts
 from saekit.sae.methods.topk import TopKConfig
@@ -19,12 +20,12 @@ from saekit.sae.selectors import TopK
 
 @dataclass
 class TranscoderConfig(TopKConfig):
-    transcode: bool = True
+    transcode: bool = option(True, "reconstruct the stream's paired target from the input")
 
 
 @dataclass
 class SkipTranscoderConfig(TranscoderConfig):
-    skip: bool = True
+    skip: bool = option(True, "add a linear skip path x W_skip (skip transcoder)")
 
 
 def _topk_transcoder(cfg: TopKConfig) -> Composition:
