@@ -63,7 +63,7 @@ class DownstreamLoss(Protocol):
 
 class NextTokenCE:
     """Σ over the counted predictions t (`masking.predictions`) of CE(logits_t, ids_{t+1})
-    (methods.md §4.3)."""
+    (docs/methods.md#gsae-gradient)."""
 
     name = "next_token_ce"
 
