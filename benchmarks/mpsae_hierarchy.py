@@ -1,12 +1,13 @@
-"""MP-SAE's hierarchical toy (methods.md §3.8 item 1): absorption and recovery on the tree.
+"""MP-SAE's hierarchical toy (docs/methods.md#mpsae-toy): absorption and recovery on the tree.
 
     python benchmarks/mpsae_hierarchy.py                       # rho 0, 0.3, 0.6; seeds 0-2
     python benchmarks/mpsae_hierarchy.py --steps 300 --seeds 0 --rhos 0   # a quick run
 
-Per (rho, seed): the tree recipe (evaluation.md §2.2, 20 features in 20 dimensions, expected
+Per (rho, seed): the tree recipe (docs/evaluation.md#recipe-tree, 20 features in 20
+dimensions, expected
 L0 1.36) at intra-level cosine rho, dictionary seed = seed; every SAE of `MODELS` (width 20)
 trains on one shared stream with saekit's Trainer at the paper's toy settings where the
-trainer allows them (§3.7: batch 200, Adam lr 3e-2, betas (0.5, 0.9375), clip 1, warm-up
+trainer allows them (batch 200, Adam lr 3e-2, betas (0.5, 0.9375), clip 1, warm-up
 100; our schedule decays to 0 over the last 20% where the paper stops at 0.1x). The raw-unit
 export of each SAE is scored on fresh samples with `recovery_report`: absorption score
 (mean cos(learned child atom, true parent) over activation-matched children; 0 = none,
@@ -57,7 +58,8 @@ METRICS = ("absorption_score", "mmcs_gt_to_learned", "hungarian_mcc", "l0", "fvu
 
 
 def train_config(steps: int, lr: float) -> TrainConfig:
-    """§3.7 toy settings. Dead window: 50 steps of 200 tokens (the rarest true feature fires
+    """The paper's toy settings (arXiv:2506.03093, docs/methods.md#mpsae-toy).
+    Dead window: 50 steps of 200 tokens (the rarest true feature fires
     on ~4% of samples, so a live latent fires many times in it)."""
     return TrainConfig(
         steps=steps, lr=lr, betas=(0.5, 0.9375), warmup_steps=min(100, steps // 10),

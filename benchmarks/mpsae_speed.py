@@ -11,7 +11,8 @@ Each (variant, phase) runs in its own subprocess with one thread, so the peak re
 Phases: `encode` (no autograd; ours caches the Gram matrix across calls, as a model does while
 its dictionary is unchanged), `encode_cold` (ours, rebuilding the Gram every call) and `train`
 (training forward + backward of the reconstruction loss; no optimiser step, no dead atoms).
-Prints; asserts nothing. The naive loop is methods.md §3.5's "naive cost": c = r Dᵀ and a
+Prints; asserts nothing. The naive loop is the textbook one
+(docs/methods.md#mpsae-speed): c = r Dᵀ and a
 dense one-hot update every step, autograd through the loop. Issue targets: encode ≥ 5x,
 train step ≥ 10x the naive loop.
 
@@ -68,7 +69,7 @@ RUNS = [
 
 def setup(size: dict[str, int], seed: int = 0):
     """A random unit-norm dictionary with a small b_pre; inputs with ‖x‖ ≈ √d_in (the
-    training scale, methods.md §2.5)."""
+    training scale, docs/methods.md#conventions)."""
     from saekit.sae import create
 
     sae = create("mpsae", d_in=size["d_in"], n_latents=size["n_latents"],

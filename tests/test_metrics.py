@@ -1,4 +1,4 @@
-"""Intrinsic metrics against values computed by hand (evaluation.md §3, §3.1)."""
+"""Intrinsic metrics against values computed by hand (docs/evaluation.md#core)."""
 
 import math
 

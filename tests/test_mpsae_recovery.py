@@ -1,4 +1,4 @@
-"""MP-SAE recovers the uncorrelated tree (evaluation.md §2.2, §2.6) with saekit's Trainer:
+"""MP-SAE recovers the uncorrelated tree (docs/evaluation.md#recipe-tree) with saekit's Trainer:
 every true feature, parents and children apart (no absorption)."""
 
 import torch
@@ -12,7 +12,7 @@ from saekit.training.trainer import TrainConfig, Trainer
 def test_mpsae_recovers_the_tree_without_absorption():
     torch.manual_seed(0)
     recipe = make_recipe("tree:rho=0", seed=0)
-    # The paper's toy settings (methods.md §3.7) at a CI-sized step count; no b_pre (the
+    # The paper's toy settings (arXiv:2506.03093) at a CI-sized step count; no b_pre (the
     # data have no bias), nonneg rule, stop at ‖r‖²/‖x‖² < 1e-3 with a cap of 4 steps.
     sae = create("mpsae", d_in=20, n_latents=20, n_steps=4, relative_threshold=1e-3,
                  use_b_pre=False, seed=0)  # fmt: skip

@@ -137,7 +137,7 @@ def test_error_is_monotone_in_steps(sign, backend):
     sel = select_atoms(D, x, 64, sign)
     norms = residual_norms(D, x, sel)
     assert (norms[:, 1:] <= norms[:, :-1] + 1e-12).all()
-    # unit atoms: ‖r^t‖² = ‖r^{t−1}‖² − α_t² exactly (§3.2)
+    # unit atoms: ‖r^t‖² = ‖r^{t−1}‖² − α_t² exactly (docs/methods.md#mpsae-forward)
     drop = norms[:, :-1].pow(2) - norms[:, 1:].pow(2)
     torch.testing.assert_close(drop, sel.coefs.pow(2), atol=1e-10, rtol=0)
     assert norms[:, -1].mean() < 0.5 * norms[:, 0].mean()

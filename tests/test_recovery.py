@@ -1,4 +1,4 @@
-"""Ground-truth recovery metrics (evaluation.md §2.1) against hand-computed values."""
+"""Ground-truth recovery metrics (docs/evaluation.md#synthetic) against hand-computed values."""
 
 import math
 

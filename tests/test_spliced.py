@@ -139,6 +139,6 @@ def test_variants_share_baselines_and_a_label_informed_one_gets_the_gradient(mod
     assert out["variants"]["zero"]["ce_spliced"] == out["ce_zero_ablation"]
     assert out["variants"]["oracle"]["label_informed"] and len(seen) == 1
     _, grad = capture_gradients(model, ids, am, HOOK)
-    assert torch.equal(seen[0], grad[token_mask(ids, am)])
+    assert torch.equal(seen[0], grad[HOOK][token_mask(ids, am)])
     with pytest.raises(ValueError, match="needs an SAE hookpoint, not a pair"):
         spliced_scores(model, ids, am, "model.layers.1.mlp:in->out", variants[2:])

@@ -1,4 +1,4 @@
-"""Synthetic recipes and the synthetic stream (evaluation.md §2.2–2.4)."""
+"""Synthetic recipes and the synthetic stream (docs/evaluation.md#recipes)."""
 
 import json
 
@@ -109,7 +109,8 @@ def test_group_cosine_formula_by_hand():
 
 
 def test_mixing_matches_published_epsilon_tables():
-    # evaluation.md §2.2: ρ = 0.0, 0.1, ..., 0.8; the tables are rounded to 3–4 digits.
+    # The MP-SAE toy's ε tables (arXiv:2506.03093) for ρ = 0.0, 0.1, ..., 0.8,
+    # rounded to 3–4 digits.
     eps_child = [0, 0.0895, 0.163, 0.226, 0.282, 0.3335, 0.3825, 0.431, 0.482]
     eps_parent = [0, 0.3, 0.44, 0.529, 0.594, 0.6467, 0.692, 0.733, 0.7739]
     for level in range(9):

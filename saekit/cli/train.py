@@ -63,6 +63,16 @@ def add_parser(sub) -> None:
         "only); repeat; comma lists sweep",
     )
     p.add_argument(
+        "--find-lr",
+        nargs="?",
+        const=100,
+        type=int_in(2),
+        metavar="STEPS",
+        help="instead of training: the learning-rate range test (default 100 steps from 1e-6 "
+        "to 1) for the first SAE on the run's data; prints a suggested --lr, plots loss vs "
+        "lr into --out",
+    )
+    p.add_argument(
         "--threads", type=thread_count, help="torch threads (default: all cores when idle, else 1)"
     )
     p.add_argument(
@@ -97,6 +107,10 @@ def run(args) -> int:
     check_output_dir(Path(settings.run.out))
     check_data_spec(settings.run.data)
     set_threads(args.threads)
+    if args.find_lr:
+        from saekit.training.pipeline import lr_range_run
+
+        return lr_range_run(settings, args.find_lr)
     return train_run(settings)
 
 

@@ -63,7 +63,7 @@ class DownstreamLoss(Protocol):
 
 class NextTokenCE:
     """Σ over the counted predictions t (`masking.predictions`) of CE(logits_t, ids_{t+1})
-    (methods.md §4.3)."""
+    (docs/methods.md#gsae-gradient)."""
 
     name = "next_token_ce"
 
@@ -131,7 +131,7 @@ def capture_gradients(
     model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    hookpoints: Sequence[str],
+    hookpoints: str | Sequence[str],
     which: Which = "output",
     special_ids: Sequence[int] = (),
     masking: Masking = DEFAULT_MASKING,
@@ -146,6 +146,8 @@ def capture_gradients(
     Returns ({hookpoint: x}, {hookpoint: g}), each [batch, seq, d] in at least float32.
     """
     loss = loss or NextTokenCE()
+    if isinstance(hookpoints, str):  # one site, not its characters
+        hookpoints = [hookpoints]
     hookpoints = list(dict.fromkeys(hookpoints))
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)

@@ -95,6 +95,7 @@ def load_model(
     name = str(name_or_path)
     key = _ALIASES.get(name.lower(), name.lower())
     start = time.perf_counter()
+    weights = name
     if key in _PACKAGED_GGUF:
         gguf = _packaged_gguf(key)
         model, tok = _load_gguf(gguf, dtype, _cache_dir(key, gguf) if cache else None)
@@ -108,14 +109,18 @@ def load_model(
         model, tok = _load_gguf(gguf, dtype, _cache_dir(gguf.stem, gguf) if cache else None)
     else:
         model, tok = _from_pretrained(name, dtype)
+    if key in _PACKAGED_GGUF or key == "gemma3-270m" or name.endswith(".gguf"):
+        # which checkpoint this really is: "default" is SmolLM2-135M-*Instruct*, at Q4_1
+        weights = f"{gguf.name}, de-quantised to {str(dtype).removeprefix('torch.')}"
     if verbose:
         print(f"loaded {name} in {time.perf_counter() - start:.1f} s")
-    return _prepare(model, tok, name)
+    return _prepare(model, tok, name, weights)
 
 
-def _prepare(model: Any, tok: Any, name: str) -> tuple[Any, Any]:
+def _prepare(model: Any, tok: Any, name: str, weights: str) -> tuple[Any, Any]:
     model.eval()
     model.saekit_name = name  # the name the user gave, for provenance (not the cache path)
+    model.saekit_weights = weights
     for p in model.parameters():
         p.requires_grad_(False)
     if tok.pad_token is None:
@@ -236,6 +241,7 @@ def describe_model(model: Any) -> dict[str, Any]:
         "name": getattr(model, "saekit_name", None)
         or getattr(cfg, "_name_or_path", None)
         or type(model).__name__,
+        "weights": getattr(model, "saekit_weights", None),
         "class": type(model).__name__,
         "n_params": sum(p.numel() for p in model.parameters()),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),

@@ -1,11 +1,11 @@
-"""Synthetic activations with a known dictionary and known codes (evaluation.md §2).
+"""Synthetic activations with a known dictionary and known codes (docs/evaluation.md#recipes).
 
 A recipe owns the true dictionary G [n_features, d_in] (unit rows) and samples codes
 a [n, n_features]; the activations are x = a G (no bias, no noise). Recipes:
 
-- `superposition`: Sharkey et al. 2022 toy superposition (recipe A).
-- `correlated`: recipe A with per-sample correlated firing through a Gaussian copula (§2.4).
-- `tree`: the MP-SAE 20-feature hierarchy with conditional orthogonality (recipe C, §2.2).
+- `superposition`: Sharkey et al. 2022 toy superposition (docs/evaluation.md#recipe-superposition).
+- `correlated`: `superposition` with per-sample correlated firing through a Gaussian copula.
+- `tree`: the MP-SAE 20-feature hierarchy with conditional orthogonality.
 
 `make_recipe("tree:rho=0.3", seed)` builds one from a spec string; `SyntheticStream` turns a
 recipe into a resumable `ActivationStream`.
@@ -94,7 +94,7 @@ def random_unit_rows(n: int, d: int, generator: torch.Generator) -> torch.Tensor
 
 
 class SuperpositionRecipe(SyntheticRecipe):
-    """Sharkey et al. 2022 toy superposition (evaluation.md §2.3, recipe A).
+    """Sharkey et al. 2022 toy superposition (docs/evaluation.md#recipe-superposition).
 
     Directions: n_features Gaussian vectors in d_in dimensions, normalised.
     Firing: feature j fires independently with probability p_j = c · decay^j, where c is
@@ -148,7 +148,8 @@ class SuperpositionRecipe(SyntheticRecipe):
 
 
 class CorrelatedRecipe(SuperpositionRecipe):
-    """Recipe A with per-sample correlated firing through a Gaussian copula (§2.4 step 4).
+    """`superposition` with per-sample correlated firing through a Gaussian copula
+    (docs/evaluation.md#recipe-correlated; Chanin, Garriga-Alonso 2026, arXiv:2602.14687).
 
     A low-rank factor F [n_features, rank] with entries scale·N(0, 1) and a diagonal
     δ = 1 − rowsum(F²) (floored at 0.01) define, per sample, z = F ε₁ + √δ ⊙ ε₂. Feature j
@@ -199,7 +200,7 @@ class CorrelatedRecipe(SuperpositionRecipe):
 
 def group_cosine(eps: float, size: int) -> float:
     """Pairwise cosine inside a group of `size` orthonormal vectors after mixing with ε:
-    ρ(ε) = (2ab + (s − 2)b²) / (a² + (s − 1)b²), a = 1 − ε, b = ε/(s − 1) (§2.2 step 4)."""
+    ρ(ε) = (2ab + (s − 2)b²) / (a² + (s − 1)b²), a = 1 − ε, b = ε/(s − 1)."""
     a, b = 1 - eps, eps / (size - 1)
     return (2 * a * b + (size - 2) * b * b) / (a * a + (size - 1) * b * b)
 
@@ -225,7 +226,7 @@ def mix_group(basis: torch.Tensor, group: list[int], eps: float) -> torch.Tensor
 
 
 class TreeRecipe(SyntheticRecipe):
-    """The MP-SAE toy hierarchy: 20 features in 20 dimensions (evaluation.md §2.2).
+    """The MP-SAE toy hierarchy: 20 features in 20 dimensions (docs/evaluation.md#recipe-tree).
 
     An always-on root picks exactly one of 11 top-level nodes with probabilities
     [0.2, 0.2, 0.2, 0.05 × 8]: three parents (features 0, 4, 8) and eight singletons
@@ -317,7 +318,7 @@ class TreeRecipe(SyntheticRecipe):
 
 
 class PlantedReadoutRecipe(SyntheticRecipe):
-    """Small features that a downstream readout depends on strongly (for g-SAE, methods.md §4).
+    """Small features that a downstream readout depends on strongly (g-SAE: docs/methods.md#gsae).
 
     Directions: features 0..n_planted-1 are "planted": orthonormal directions spanning a
     random n_planted-dimensional subspace; the ordinary features are Gaussian unit vectors in

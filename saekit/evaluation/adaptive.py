@@ -1,4 +1,4 @@
-"""Adaptive-sparsity curves (evaluation.md §7): reconstruction error against the sparsity
+"""Adaptive-sparsity curves (docs/evaluation.md#adaptive): reconstruction error against the sparsity
 chosen at inference, for SAEs trained at one sparsity.
 
 Settings (ways of changing an SAE's inference sparsity), each a curve over a knob:

@@ -1,5 +1,5 @@
-"""The AFA diagnostic for any SAE: does the code norm match the input norm? (evaluation.md §8,
-methods.md §5.2).
+"""The AFA diagnostic for any SAE: does the code norm match the input norm? (docs/evaluation.md#afa,
+docs/methods.md#afa-bound; Lee, Davies, Canby, Hockenmaier 2025, arXiv:2503.24277).
 
 Per token, f̃ = [f_i‖d_i‖ for every latent] ⊕ [‖b_dec‖] is the code on unit-norm atoms with
 the decoder bias as one extra atom. If the atoms were ε-quasi-orthogonal and x = Σ f̃_j u_j

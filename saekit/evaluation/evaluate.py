@@ -128,7 +128,8 @@ def evaluate(sae: SAE, stream: ActivationStream, n_tokens: int = 16384) -> dict[
 def saebench_view(doc: dict[str, Any]) -> dict[str, Any]:
     """The metrics computed as SAEBench computes them, under SAEBench's nested names (core
     eval output and sparse probing). SAEBench's `explained_variance` and `mse` are its 0.6.0
-    formulas (evaluation.md §3.1), which saekit reports as `ev_saebench_v060` /
+    formulas (docs/evaluation.md#saebench-formulas), which saekit reports
+    as `ev_saebench_v060` /
     `mse_saebench_v060`. The CE/KL preservation fields appear only when the spliced group
     used SAEBench's convention (every position replaced and scored)."""
     out: dict[str, Any] = {}

@@ -1,4 +1,5 @@
-"""LLM-free interpretability proxies (evaluation.md §10) and the per-latent activation records
+"""LLM-free interpretability proxies (docs/evaluation.md#interp) and the per-latent
+activation records
 they and the feature browser are computed from.
 
 `record_activations` runs the model over tokenised contexts, encodes the kept tokens with the

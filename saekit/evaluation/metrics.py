@@ -1,7 +1,8 @@
-"""Intrinsic metrics on activations (evaluation.md §3): reconstruction, sparsity, density,
+"""Intrinsic metrics on activations (docs/evaluation.md#core): reconstruction, sparsity, density,
 weight geometry.
 
-Conventions (§1): averages are ratios of sums over all evaluated tokens, accumulated
+Conventions (docs/evaluation.md#conventions):
+averages are ratios of sums over all evaluated tokens, accumulated
 streaming in float64; a latent is active when its code is non-zero (signed codes count).
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# Tokens whose input norm is below this use denominator 1 in the L2 ratio (§3).
+# Tokens whose input norm is below this use denominator 1 in the L2 ratio (docs/evaluation.md#core).
 L2_RATIO_MIN_NORM = 1e-4
 
 
@@ -94,7 +95,8 @@ class ReconstructionMetrics:
         s["l1"] += codes.abs().sum().item()
         s["sq_err"] += sq_err.sum().item()
         s["sq_x"] += x.pow(2).sum().item()
-        # SAEBench 0.6.0 divides each token's error by the batch's token count (§3.1).
+        # SAEBench 0.6.0 divides each token's error by the batch's token count
+        # (docs/evaluation.md#saebench-formulas).
         s["mse_saebench"] += sq_err.sum().item() / n
         s["cosine"] += (dot / (x_norm * x_hat_norm).clamp_min(1e-12)).sum().item()
         denom = torch.where(x_norm < L2_RATIO_MIN_NORM, torch.ones_like(x_norm), x_norm)
@@ -121,7 +123,8 @@ class ReconstructionMetrics:
         # Σ‖x − x̄‖² = Σ‖x‖² − ‖Σx‖²/N.
         centred = s["sq_x"] - self.sum_x.pow(2).sum().item() / n
         fvu = _safe_div(s["sq_err"], centred)
-        # SAEBench 0.6.0: total variance E‖x‖² − ((1/m)·E‖x‖²)², not the centred one (§3.1).
+        # SAEBench 0.6.0: total variance E‖x‖² − ((1/m)·E‖x‖²)², not the centred one
+        # (docs/evaluation.md#saebench-formulas).
         ev_saebench = 1 - _safe_div(mean_sq_err, mean_sq_x - (mean_sq_x / d_in) ** 2)
         density = self.density()
         return {

@@ -1,4 +1,5 @@
-"""k-sparse probing on the sae-probes binary tasks (evaluation.md §5; Kantamneni et al. 2025).
+"""k-sparse probing on the sae-probes binary tasks (docs/evaluation.md#probing;
+Kantamneni, Engels, Rajamanoharan, Tegmark, Nanda 2025, arXiv:2502.16681).
 
 Per task: last-token activations at the SAE's hookpoint -> SAE codes; latents ranked on the
 train split by the normalised mean difference; an L1 logistic regression on the top-k latents

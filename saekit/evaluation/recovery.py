@@ -1,4 +1,4 @@
-"""Ground-truth recovery metrics on synthetic data (evaluation.md §2.1).
+"""Ground-truth recovery metrics on synthetic data (docs/evaluation.md#synthetic).
 
 G [n_features, d_in]: true unit directions (rows g_j); D [n_latents, d_in]: learned atoms,
 rows normalised here. C = |G Dᵀ| [n_features, n_latents] (absolute cosines), signed where a
@@ -219,7 +219,7 @@ def recovery_report(
     batch_size: int = 4096,
 ) -> dict[str, Any]:
     """Sample n_samples from the recipe (generator seeded with `seed`), encode them with
-    `sae.encode`, and return every recovery metric of §2.1 on the rows of W_dec, normalised.
+    `sae.encode`, and return every recovery metric on the rows of W_dec, normalised.
     `absorption_score` only when the recipe has a hierarchy."""
     gen = torch.Generator().manual_seed(seed)
     x, true_codes = recipe.sample(n_samples, gen)

@@ -1,5 +1,6 @@
 """Spliced-in evaluation: how much of the model's behaviour survives when a hookpoint's
-activation is replaced by a reconstruction (docs/eval-schema.md, "spliced").
+activation is replaced by a reconstruction (docs/evaluation.md#spliced; the JSON fields in
+docs/eval-schema.md, "spliced").
 
 For every batch the model runs on the same tokens:
   clean       no intervention;

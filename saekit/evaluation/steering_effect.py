@@ -1,4 +1,5 @@
-"""Steering effect of dictionary atoms in random contexts (evaluation.md §4.3, our protocol).
+"""Steering effect of dictionary atoms in random contexts (our protocol,
+docs/evaluation.md#steering).
 
 For each atom d (unit norm) and each of N contexts with a random position t: add α·d to the
 hookpoint's activation at t only, and compare the next-token distribution at t with the

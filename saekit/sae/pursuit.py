@@ -1,10 +1,11 @@
-"""Matching-pursuit kernels on plain tensors (methods.md §3.2, §3.5, §3.6).
+"""Matching-pursuit kernels on plain tensors (docs/methods.md#mpsae-forward,
+#mpsae-speed, #mpsae-adaptive).
 
 Shapes: dictionary D [n_latents, d_in] with unit-norm rows (atoms); residual r [batch, d_in];
 index sequence J [batch, n_steps]. Everything here is a function of tensors, so the MP-SAE
 module (mpsae.py), evaluation code and benchmarks share one implementation.
 
-A training pass splits in two (§3.5):
+A training pass splits in two (docs/methods.md#mpsae-replay):
 1. `select_atoms`: the pursuit without autograd, records J. Either the direct loop
    (c = r Dᵀ every step) or the Gram path (c ← c − α G[j]: one matmul for c⁰ in all).
 2. `replay`: recomputes the coefficients along J from the T chosen atoms only, with a
@@ -71,13 +72,13 @@ class Selection:
 
 def scatter_codes(coefs: torch.Tensor, indices: torch.Tensor, n_latents: int) -> torch.Tensor:
     """Dense codes [batch, n_latents] from per-step coefs/indices [batch, n_steps] by
-    scatter-add, so a re-selected atom accumulates (§3.2 step 4). Differentiable in coefs."""
+    scatter-add, so a re-selected atom accumulates. Differentiable in coefs."""
     return coefs.new_zeros(coefs.shape[0], n_latents).scatter_add_(1, indices, coefs)
 
 
 def correlation_dtype(dtype: torch.dtype) -> torch.dtype:
     """Correlations, the Gram matrix and the replay stay at least fp32: fp16/bf16 incremental
-    updates change 20-70% of the selections within 64 steps (§3.5, precision)."""
+    updates change 20-70% of the selections within 64 steps (docs/methods.md#mpsae-speed)."""
     return torch.promote_types(dtype, torch.float32)
 
 
@@ -124,7 +125,7 @@ def choose_method(
     """Cheapest selection path by a FLOP estimate, within the memory budget.
 
     direct: n_steps − 1 extra matmuls of 2·B·d·p FLOPs. Gram: build p²·d (half of D Dᵀ, free
-    if cached) plus O(B·p) per step; it pays when p ≲ (T−1)·B (§3.5). When the p×p Gram would
+    if cached) plus O(B·p) per step; it pays when p ≲ (T−1)·B. When the p×p Gram would
     exceed the budget, `gram_rows` builds per step only the rows of the atoms just selected.
     """
     if n_steps <= 1:
@@ -162,11 +163,11 @@ def _argmax(c: torch.Tensor, sign: str) -> torch.Tensor:
 def _choose(
     c: torch.Tensor, sign: str, finished: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One selection by the sign rule (§3.3). c [batch, n_latents].
+    """One selection by the sign rule (docs/methods.md#mpsae-sign). c [batch, n_latents].
 
     Returns (j, α, updated), each [batch]. A step with α = 0 leaves the residual and so every
     later correlation unchanged, so it ends the sample: under `nonneg` that is a sample whose
-    correlations are all ≤ 0 (§3.6).
+    correlations are all ≤ 0.
     """
     j = _argmax(c, sign)
     alpha = c.gather(1, j[:, None]).squeeze(1)
@@ -180,7 +181,7 @@ def _stopped(
     r: torch.Tensor, e0: torch.Tensor, abs_sq: float | None, rel: float | None
 ) -> torch.Tensor | None:
     """[batch] bool: residual below the absolute (‖r‖ < τ) or relative (‖r‖² < τ_rel·‖r⁰‖²)
-    threshold (§3.6). None when no threshold is set."""
+    threshold. None when no threshold is set."""
     if abs_sq is None and rel is None:
         return None
     energy = r.pow(2).sum(1)
@@ -245,7 +246,7 @@ def _pursue(
         if track_residual:
             r.addcmul_(Dc.index_select(0, j), alpha[:, None], value=-1)
         if refresh_every and (t + 1) % refresh_every == 0:
-            c.copy_(r @ Dc.T)  # exact recompute bounds the incremental drift (§3.5)
+            c.copy_(r @ Dc.T)  # exact recompute bounds the incremental fp32 drift
         else:
             update(c, r, j, alpha)
 
@@ -269,7 +270,8 @@ def select_atoms(
 
     Re-selection is allowed and coefficients accumulate (classic MP). A sample stops updating
     once its residual passes a threshold, or its coefficient is 0 (nothing left to add under
-    its sign rule); the batch keeps running with finished samples masked (§3.6).
+    its sign rule); the batch keeps running with finished samples masked
+    (docs/methods.md#mpsae-adaptive).
 
     method: `direct` recomputes c = r Dᵀ every step; `gram` updates c ← c − α G[j] with
     G = D Dᵀ (pass `gram` to reuse one); `gram_rows` does the same with only the selected
@@ -352,7 +354,7 @@ def _pursue_native(
     mode = SIGNS.index(sign)
     segment = refresh_every or max(n_steps, 1)
     for t0 in range(0, n_steps, segment):
-        if t0 > 0:  # exact recompute bounds the incremental drift (§3.5)
+        if t0 > 0:  # exact recompute bounds the incremental fp32 drift
             live = (finished == 0).nonzero().squeeze(1)
             if live.numel() == 0:
                 break
@@ -477,7 +479,7 @@ class _Replay(torch.autograd.Function):
 def replay(
     D: torch.Tensor, r0: torch.Tensor, indices: torch.Tensor, updated: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable coefficients along a fixed index sequence (§3.5, "replay").
+    """Differentiable coefficients along a fixed index sequence (docs/methods.md#mpsae-replay).
 
     D [n_latents, d_in] (unit rows), r0 = x − b_pre [batch, d_in], indices/updated
     [batch, n_steps]: α_t = ⟨d_{j_t}, r^{t−1}⟩ along the given indices, the MP recursion with
@@ -499,7 +501,7 @@ def naive_pursuit(
     residual_threshold: float | None = None,
     relative_threshold: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Textbook MP as public implementations write it (§3.3, §3.5 "naive cost"): c = r Dᵀ
+    """Textbook MP as public implementations write it (docs/methods.md#mpsae-speed): c = r Dᵀ
     every step, a dense one-hot code update, autograd through the whole loop.
 
     The reference for tests and benchmarks, not for use. x [batch, d_in] ->

@@ -1,4 +1,4 @@
-/* CPU kernels for matching pursuit (methods.md §3.5), called from saekit/sae/native.py.
+/* CPU kernels for matching pursuit (docs/methods.md#mpsae-speed), called from saekit/sae/native.py.
  *
  * Compiled twice, with REAL=float / SUFFIX=_f32 and REAL=double / SUFFIX=_f64. Every array
  * is row-major and contiguous; the caller checks shapes and dtypes, and that inputs are
@@ -149,7 +149,8 @@ void FN(mirror_upper)(REAL *G, int64_t p) {
     }
 }
 
-/* Replay forward (§3.5): coefficients along fixed indices, alpha_t = m_t <d_{j_t}, r^{t-1}>,
+/* Replay forward (docs/methods.md#mpsae-replay):
+ * coefficients along fixed indices, alpha_t = m_t <d_{j_t}, r^{t-1}>,
  * r^t = r^{t-1} - alpha_t d_{j_t}. r0 [batch, d]; indices, mask [batch, T].
  * Writes alpha [batch, T], recon = sum_t alpha_t d_{j_t} [batch, d] and the final residual
  * r_final [batch, d] that the backward walks back from. */

@@ -1,7 +1,8 @@
 """Sparse codes in coordinate form, and the gather/scatter kernels that train on them.
 
 TopK-style selection carries no gradient, so training splits in two (the same idea as the
-MP-SAE replay, methods.md §3.5): choose (row, latent) pairs without autograd from the dense
+MP-SAE replay, docs/methods.md#mpsae-replay):
+choose (row, latent) pairs without autograd from the dense
 pre-activations, then recompute only the chosen values with autograd. The backward then
 touches B·k encoder rows and atoms instead of a dense [batch, n_latents] gradient.
 """

@@ -1,4 +1,5 @@
-"""Data-dependent initialisation: input scale and decoder bias (methods.md §2.3, §2.5)."""
+"""Data-dependent initialisation: input scale and decoder bias (docs/methods.md#init,
+docs/methods.md#conventions)."""
 
 from __future__ import annotations
 

@@ -31,11 +31,14 @@ class LRRangeTest:
 
     def summary(self) -> str:
         best = min(range(len(self.losses)), key=self.losses.__getitem__)
-        return (
+        text = (
             f"lr range test: {len(self.lrs)} steps from {self.lrs[0]:.1e} to {self.lrs[-1]:.1e}; "
             f"lowest smoothed loss {self.losses[best]:.4g} at lr {self.lrs[best]:.2e}; "
             f"suggested --lr {self.suggested:.1e}"
         )
+        if best == len(self.losses) - 1:
+            text += " (the loss was still falling at the largest rate: the suggestion is a floor)"
+        return text
 
     def plot(self, path: str | Path) -> Path:
         import matplotlib
@@ -64,7 +67,7 @@ def find_lr(
     cfg: TrainConfig | None = None,
     *,
     lr_min: float = 1e-6,
-    lr_max: float = 1e-1,
+    lr_max: float = 1.0,
     steps: int = 100,
 ) -> LRRangeTest:
     """Train `sae` (in place) for up to `steps` batches at geometrically growing rates."""

@@ -107,6 +107,26 @@ def _train(settings: RunSettings, resume: Path | None, group) -> int:
     return 0
 
 
+def lr_range_run(settings: RunSettings, steps: int) -> int:
+    """`saekit train --find-lr`: the learning-rate range test (`saekit.training.lr_finder`) for
+    the run's first SAE on the run's own data, a plot in --out, and a suggested --lr. A model
+    capture is written where the run puts it, so the training run after it reuses it."""
+    from saekit.training.lr_finder import find_lr
+
+    out = Path(settings.run.out)
+    settings.run.data = absolute_data_spec(settings.run.data)
+    check_before_work(settings)
+    files = _prepare_data(settings, out)
+    stream, _, _ = _open_stream(files.train_data, settings, None)
+    saes, _ = _build_saes(settings, files, stream, None, None, (0, 1))
+    name, sae = next(iter(saes.items()))
+    result = find_lr(sae, stream, settings.train, steps=steps)
+    out.mkdir(parents=True, exist_ok=True)
+    plot = result.plot(out / "lr_range_test.png")
+    print(f"{name}: {result.summary()}\nplot: {plot}")
+    return 0
+
+
 def _interrupted(out: Path, step: int) -> str:
     from saekit.training.checkpoint import latest_checkpoint
 

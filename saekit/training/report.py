@@ -215,6 +215,10 @@ def _run_section(out: Path, settings: RunSettings, by_sae: dict[str, list[dict]]
     ]
     for name, rows in by_sae.items():
         meta = read_config(out / "saes" / name).get("metadata", {})
+        model = (meta.get("data") or {}).get("model")
+        if isinstance(model, dict) and model.get("weights"):
+            line = f"Model: {model.get('name')} = {model['weights']}."
+            lines += [line] if line not in lines else []
         last = rows[-1]
         held = f", held-out {last['heldout_fvu']:.4g}" if "heldout_fvu" in last else ""
         lines.append(

@@ -1,5 +1,5 @@
 """aux_zipf: AuxK for under-used latents, not only dead ones (after Ayonrinde 2024, arXiv
-2411.02124 §3.3, whose exact form is unpublished; this is our reading).
+2411.02124, whose exact form is unpublished; this is our reading: docs/methods.md#aux-zipf).
 
 TopK-style latent densities follow a Zipf law except in a tail of under-used latents. We keep
 an EMA of each latent's firing density, fit log density ≈ log C − a·log(rank + 1) on the

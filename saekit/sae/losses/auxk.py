@@ -1,5 +1,6 @@
 """AuxK: latents that stopped firing are asked to explain the residual (Gao et al. 2024,
-arXiv 2406.04093 §A.2). The one implementation behind every auxiliary dead-latent term.
+arXiv:2406.04093, appendix A.2; docs/methods.md#auxk).
+The one implementation behind every auxiliary dead-latent term.
 
 Among the masked latents (dead ones; for aux_zipf, under-used ones), each token takes the
 k_aux with the largest scores, their values reconstruct the stop-gradient residual

@@ -1,5 +1,5 @@
 """g-SAE: TopK whose selection is guided by the downstream-loss gradient (Olmo et al. 2025,
-arXiv 2505.18234); selectors/gradient.py has the rule."""
+arXiv:2411.10397; docs/methods.md#gsae); selectors/gradient.py has the rule."""
 
 from __future__ import annotations
 

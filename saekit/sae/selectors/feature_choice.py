@@ -1,5 +1,6 @@
 """Feature Choice: each latent takes its top-m_i tokens of the batch (Ayonrinde 2024, arXiv
-2411.02124 §3), like expert-choice routing. The capacities sum to k·batch, so the average L0
+2411.02124; docs/methods.md#feature-choice),
+like expert-choice routing. The capacities sum to k·batch, so the average L0
 is k while a token may get any number of latents and no latent can die.
 
 Capacities: "uniform" (m_i = k·batch/n_latents, the remainder spread over the densest

@@ -1,4 +1,4 @@
-"""Gradient-guided TopK (g-SAE: Olmo et al. 2025, arXiv 2505.18234 eq. 4).
+"""Gradient-guided TopK (g-SAE: Olmo et al. 2025, arXiv:2411.10397).
 
 With a = ReLU(π) and g = ∂L/∂x (the downstream loss's gradient at the hooked activation, a
 constant per token), the kept latents are the top-k of the score

@@ -1,4 +1,4 @@
-"""Norm matching (top-AFA: Lee, Davies, Canby, Hockenmaier 2025, arXiv 2503.24277 §3): keep
+"""Norm matching (top-AFA: Lee, Davies, Canby, Hockenmaier 2025, arXiv:2503.24277): keep
 as many latents as it takes for the code's norm to match the input's.
 
 Per token, with a = ReLU(π) and unit-norm atoms, ε-quasi-orthogonality gives ‖f‖ ≈ ‖x‖. So:
