@@ -79,7 +79,7 @@ bad("eval", "--out", ["", NOT_UTF8])
 bad("eval", "-g", ["bogus", ","], "metric group")
 bad("eval", "--probe-ks", ["abc", "1,,x"], "--probe-ks")
 bad("eval", "--sample-tokens", ["0"])
-bad("eval", "--split", ["heldout"])
+bad("eval", "--split", ["eval"])  # the held-out split's old name
 bad("eval", "--convention", ["sae_bench"])
 bad("eval", "--max-factor", ["0.5", "inf", "nan"])
 bad("eval", "--relative-threshold", ["0", "2", "-1"])
