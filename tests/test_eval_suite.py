@@ -69,6 +69,27 @@ def test_core_group_hand_computed():
     assert sb["reconstruction_quality"]["explained_variance"] == core["ev_saebench_v060"]
 
 
+def test_core_scores_a_standardised_sae_in_the_input_units():
+    """A per-token standardised SAE: core's FVU is that of sae(x) against raw x (decode(codes)
+    alone would be in standardised units); the adaptive curve at the trained k agrees with
+    the SAE's own loss units, the standardised ones."""
+    import saekit
+    from saekit.evaluation.adaptive import adaptive_curve
+
+    g = torch.Generator().manual_seed(0)
+    x = 5 + 3 * torch.randn(64, 16, generator=g)  # a large per-token mean and scale
+    sae = saekit.create("topk", d_in=16, n_latents=32, k=4, standardise_tokens=True)
+    doc = evaluate_sae(sae, TensorStream(x, 16, shuffle=False), EvalSettings(groups=("core",)))
+    with torch.no_grad():
+        err = (x - sae(x)).pow(2).sum()
+    assert doc["core"]["fvu"] == pytest.approx(float(err / (x - x.mean(0)).pow(2).sum()), rel=1e-5)
+    with torch.no_grad():
+        xs = sae.coder_input(x)[0]
+        err_std = (xs - sae.decode(sae.encode(x))).pow(2).sum()
+    at_k = next(r for r in adaptive_curve(sae, x) if r["value"] == 4)
+    assert at_k["fvu"] == pytest.approx(float(err_std / (xs - xs.mean(0)).pow(2).sum()), rel=1e-4)
+
+
 def test_core_reads_a_small_split_once():
     """A looping stream of 10 tokens asked for 100: 10 tokens, each once (not 100 with
     repeats), the same metrics as those 10 tokens by hand; the stream loops again after."""

@@ -653,3 +653,7 @@ def test_standardised_sae_is_not_written_where_the_format_cannot_say_so(tmp_path
         with pytest.raises(InteropError, match="standardises each input token"):
             write(sae, tmp_path / fmt, fmt, hookpoint="model.layers.1")
     assert write(sae, tmp_path / "native", "saekit").is_dir()
+    from saekit.interop.saebench import SAEBenchAdapter
+
+    with pytest.raises(InteropError, match="standardises each input token"):
+        SAEBenchAdapter(sae)

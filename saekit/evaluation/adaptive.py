@@ -209,7 +209,9 @@ def adaptive_curve(
     relative_threshold. Empty when the SAE has no inference knob.
     """
     sae = sae.eval()
-    x = x.detach().to(sae.W_dec.device, sae.W_dec.dtype)
+    # A per-token standardised SAE's curve is taken in its coder's units (standardising twice
+    # changes nothing), like its training loss; for every other SAE these are raw units.
+    x = sae.coder_input(x.detach().to(sae.W_dec.device, sae.W_dec.dtype))[0]
     if settings is None:
         settings = settings_for(sae, max_factor, relative_threshold)
     settings = [dataclasses.replace(s) for s in settings]  # the auto τ_rel is set on copies

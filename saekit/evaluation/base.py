@@ -104,8 +104,7 @@ class InferenceVariant:
         """x [n, d_in] (and, label-informed, grad [n, d_in]) -> (x̂ [n, d_out] with a
         transcoder's skip term, codes [n, n_latents], the selector's per-token stats)."""
         extras = {"grad": grad} if self.label_informed else None
-        codes, stats = self.sae.encode_with_stats(x, extras)
-        return self.sae._output(x, self.sae.decode(codes)), codes, stats
+        return self.sae.reconstruct(x, extras)
 
 
 def inference_variants(sae: SAE) -> list[InferenceVariant]:

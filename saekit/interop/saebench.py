@@ -68,6 +68,11 @@ class SAEBenchAdapter(nn.Module):
         super().__init__()
         if is_transcoder(sae):
             raise InteropError("SAEBench evaluates autoencoders; a transcoder has no SAEBench view")
+        if sae.cfg.standardise_tokens:  # decode(codes) would stay in standardised units
+            raise InteropError(
+                "this SAE standardises each input token (standardise_tokens); SAEBench's "
+                "separate encode and decode cannot carry the per-token moments"
+            )
         self.sae = sae
         if hook_name is None:
             recorded = Provenance.of(sae).tl_hook_name

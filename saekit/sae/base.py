@@ -224,7 +224,7 @@ class SAE(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(codes [batch, n_latents], per-token selection stats by name, each [batch])."""
         self._check_knobs(knobs)
-        code, _, _ = self._select(self._coder_input(x)[0], extras or {}, knobs, training=False)
+        code, _, _ = self._select(self.coder_input(x)[0], extras or {}, knobs, training=False)
         stats = code.stats if isinstance(code, SparseCode) else {}
         return dense_code(code, detach=False), stats
 
@@ -247,12 +247,22 @@ class SAE(nn.Module):
     ) -> torch.Tensor:
         """Reconstruction (a transcoder's prediction of its target) with the inference
         selector, in the input's units (a standardised input's moments restored)."""
-        self._check_knobs(knobs)
-        x_in, moments = self._coder_input(x)
-        code, _, _ = self._select(x_in, extras or {}, knobs, training=False)
-        return self._restore(self._output(x_in, self.decode(code)), moments)
+        return self.reconstruct(x, extras, **knobs)[0]
 
-    def _coder_input(self, x: torch.Tensor) -> tuple[torch.Tensor, TokenMoments | None]:
+    def reconstruct(
+        self, x: torch.Tensor, extras: Mapping[str, torch.Tensor] | None = None, **knobs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(x̂ as `forward` gives it, codes [batch, n_latents], per-token selection stats) from
+        one selection: what an evaluation needs (decode(codes) alone would stay in a per-token
+        standardised SAE's units and miss a transcoder's skip term)."""
+        self._check_knobs(knobs)
+        x_in, moments = self.coder_input(x)
+        code, _, _ = self._select(x_in, extras or {}, knobs, training=False)
+        stats = code.stats if isinstance(code, SparseCode) else {}
+        x_hat = self._restore(self._output(x_in, self.decode(code)), moments)
+        return x_hat, dense_code(code, detach=False), stats
+
+    def coder_input(self, x: torch.Tensor) -> tuple[torch.Tensor, TokenMoments | None]:
         """x as the coder sees it: standardised per token when the config says so (with the
         moments that map a reconstruction back), else x itself."""
         if not self.cfg.standardise_tokens:
@@ -271,14 +281,14 @@ class SAE(nn.Module):
         needed by the callers: evaluation, the browser)."""
         if self.encoder is None:
             raise ValueError(f"{self.architecture} has no encoder (codes come from a pursuit)")
-        x = self._coder_input(x)[0]
+        x = self.coder_input(x)[0]
         return self.encoder.pre_activations(self, self.encoder.centre(self, x)).full()
 
     def training_forward(self, x: torch.Tensor, ctx: TrainContext) -> TrainOutput:
         """The training pass: the selector's training rule, the reconstruction and every loss
         term. Loss terms see the input as the coder does (standardised per token when
         configured); the returned x_hat is in the input's units."""
-        x, moments = self._coder_input(x)
+        x, moments = self.coder_input(x)
         code, x_centered, pre = self._select(x, ctx.extras, {}, training=True)
         x_hat = self._output(x, self.decode(code))
         target = self._target(x, ctx.extras)
@@ -342,7 +352,7 @@ class SAE(nn.Module):
         inference thresholds are set exactly here."""
         if self.encoder is None:
             return
-        x = self._coder_input(x)[0]
+        x = self.coder_input(x)[0]
         pre = self.encoder.pre_activations(self, self.encoder.centre(self, x))
         for part in self.parts:
             part.finalise(self, pre)
