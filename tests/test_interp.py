@@ -135,6 +135,19 @@ def test_record_activations_match_direct_encoding():
             torch.from_numpy(r.dense(i)[r.kept]).float(), codes[:, i], atol=1e-5, rtol=1e-4
         )
     assert r.offsets[-1] == int((codes != 0).sum())
+    # the training data's norm-outlier cut, read from the SAE's provenance, drops tokens
+    from saekit.data.masking import Masking
+    from saekit.evaluation.interp import training_masking
+    from saekit.sae.provenance import Provenance
+
+    meta = {"data": {"masking": {"exclude_first": True, "max_norm_factor": 1.0}}}
+    assert Provenance.from_metadata(meta).max_norm_factor == 1.0
+    assert training_masking(sae).max_norm_factor == Provenance.of(sae).max_norm_factor
+    cut = record_activations(sae, model, contexts, HOOKPOINT, masking=Masking(max_norm_factor=1.0))
+    norms = act.norm(dim=-1)
+    assert 0 < cut.n_kept < r.n_kept and not cut.kept[~mask.flatten()].any()
+    median = norms.flatten()[mask.flatten()].median()  # one batch of 6 contexts: one median
+    assert norms.flatten()[cut.kept].max() <= median
 
 
 def test_logit_lens_matches_manual_product():

@@ -29,7 +29,7 @@ from torch import nn
 
 from saekit.data.corpora import TokenizedCorpus
 from saekit.data.hooks import Which, capture
-from saekit.data.masking import token_mask
+from saekit.data.masking import DEFAULT_MASKING, Masking
 from saekit.evaluation.base import EvalRun
 
 
@@ -79,6 +79,14 @@ class LatentRecords:
         return np.diff(self.offsets) / max(self.n_kept, 1)
 
 
+def training_masking(sae: Any) -> Masking:
+    """The masking the SAE's training data had: its norm-outlier cut too, so that contexts
+    are not ranked by attention-sink tokens the SAE never saw."""
+    from saekit.sae.provenance import Provenance
+
+    return Masking(max_norm_factor=Provenance.of(sae).max_norm_factor)
+
+
 @torch.no_grad()
 def record_activations(
     sae: Any,
@@ -87,10 +95,10 @@ def record_activations(
     hookpoint: str,
     which: Which = "output",
     batch_size: int = 8,
-    exclude_first: bool = True,
+    masking: Masking = DEFAULT_MASKING,
 ) -> LatentRecords:
-    """Encode every kept token of `contexts` (masking as `token_mask`) and keep the non-zero
-    codes. Memory is O(L0 · tokens), never tokens × n_latents."""
+    """Encode every token of `contexts` that `masking` keeps and keep the non-zero codes.
+    Memory is O(L0 · tokens), never tokens × n_latents."""
     device = next(model.parameters()).device
     ctx_len = contexts.ctx_len
     kept_parts, tok_parts, lat_parts, val_parts = [], [], [], []
@@ -98,7 +106,7 @@ def record_activations(
         sub = contexts.subset(slice(start, start + batch_size))
         ids, am = sub.input_ids.to(device), sub.attention_mask.to(device)
         act = capture(model, ids, am, [hookpoint], which)[hookpoint]
-        mask = token_mask(ids, am, sub.special_ids, exclude_first).cpu()
+        mask = masking.keep(ids, am, sub.special_ids, [act]).cpu()
         kept_parts.append(mask.flatten())
         flat = torch.nonzero(mask.flatten()).squeeze(1) + start * ctx_len
         if len(flat) == 0:
@@ -473,7 +481,9 @@ def interp_group(run: EvalRun) -> dict[str, Any]:
     model, tokenizer, source = run.require_model()
     sae = run.label_free.sae
     contexts = run.contexts("heldout", run.settings.interp_contexts)
-    records = record_activations(sae, model, contexts, source.hookpoint, source.which)  # type: ignore[arg-type]
+    records = record_activations(
+        sae, model, contexts, source.hookpoint, source.which, masking=training_masking(sae)
+    )
     latents = sample_latents(records, run.settings.interp_latents, run.settings.seed)
     report = interp_report(records, latents, model, sae.W_dec, tokenizer)
     return {

@@ -24,6 +24,7 @@ class Provenance:
     which: "output" or "input", the side of the module the activations were read at.
     tl_hook_name: the TransformerLens name, for SAEs imported from or written for one.
     data_spec: the data spec the SAE was trained on ("model:default@model.layers.6").
+    max_norm_factor: the norm-outlier cut of its training data's masking (`data.masking`).
     """
 
     source: str | None = None
@@ -32,6 +33,7 @@ class Provenance:
     which: str = "output"
     tl_hook_name: str | None = None
     data_spec: str | None = None
+    max_norm_factor: float | None = None
 
     @classmethod
     def of(cls, sae: Any) -> Provenance:
@@ -51,7 +53,13 @@ class Provenance:
             which=_text(data.get("which")) or "output",
             tl_hook_name=_text(data.get("tl_hook_name")),
             data_spec=_text(training.get("data_spec")),
+            max_norm_factor=_number(_mapping(data.get("masking")).get("max_norm_factor")),
         )
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if ok else None
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

@@ -42,6 +42,7 @@ from saekit.evaluation.interp import (
     simulator_index,
     token_stats,
     top_examples,
+    training_masking,
 )
 from saekit.formats.atomic import atomic_directory
 from saekit.viewer.text import text_pieces
@@ -89,7 +90,9 @@ def build(
         tokenizer, corpus or s.corpus, s.n_contexts, s.ctx_len, s.split, s.seed
     )
     say("encoding the corpus")
-    records = record_activations(sae, model, contexts, source.hookpoint, source.which)  # type: ignore[arg-type]
+    records = record_activations(
+        sae, model, contexts, source.hookpoint, source.which, masking=training_masking(sae)
+    )
     say("logit lens and decoder neighbours")
     lens = logit_lens(model, sae.W_dec, top=s.n_logit)
     neighbours = decoder_neighbours(sae.W_dec, s.n_neighbours)
