@@ -25,7 +25,11 @@ def test_range_test_finds_the_falling_region_and_stops_at_divergence(tmp_path):
     assert result.suggested == pytest.approx(result.lrs[best] / 10)
     assert 1e-5 < result.suggested < 1.0
     assert "suggested --lr" in result.summary()
-    assert result.plot(tmp_path / "lr.png").stat().st_size > 0
+    ax = result.figure().axes[0]
+    loss, suggested = ax.lines
+    assert list(loss.get_xdata()) == result.lrs and list(loss.get_ydata()) == result.losses
+    assert list(suggested.get_xdata()) == [result.suggested] * 2
+    assert (ax.get_xscale(), ax.get_xlabel()) == ("log", "learning rate")
 
 
 def test_range_test_refuses_what_it_cannot_do():
@@ -47,5 +51,5 @@ def test_saekit_train_find_lr_prints_a_suggestion_and_plots(tmp_path, capsys):
     assert main([*args, "--find-lr", "40", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "topk: lr range test: 40 steps from 1.0e-06" in printed and "suggested --lr" in printed
-    assert (out / "lr_range_test.png").stat().st_size > 0
+    assert (out / "lr_range_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "saes").exists()  # nothing was trained

@@ -40,13 +40,12 @@ class LRRangeTest:
             text += " (the loss was still falling at the largest rate: the suggestion is a floor)"
         return text
 
-    def plot(self, path: str | Path) -> Path:
-        import matplotlib
+    def figure(self):
+        """Smoothed loss against lr (log-log), the suggestion as a dashed line."""
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         ax.plot(self.lrs, self.losses, label="smoothed training loss")
         ax.axvline(self.suggested, color="C3", ls="--", label=f"suggested {self.suggested:.1e}")
         ax.set_xscale("log")
@@ -56,8 +55,10 @@ class LRRangeTest:
         ax.set_title("learning-rate range test")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        return fig
+
+    def plot(self, path: str | Path) -> Path:
+        self.figure().savefig(path, dpi=110)
         return Path(path)
 
 
