@@ -85,8 +85,10 @@ def open_heldout_stream(
     with the data package's warning."""
     from saekit.data import open_stream
 
-    stream = open_stream(spec, batch_size=batch_size, seed=seed, split=split or HELDOUT)
-    return stream, getattr(stream, "split", None) or parse_data_spec(spec).split or split or HELDOUT
+    data = parse_data_spec(spec)
+    stream = open_stream(data, batch_size=batch_size, seed=seed, split=split or HELDOUT)
+    # A cache stream knows the split it reads (its train split after the fallback).
+    return stream, getattr(stream, "split", None) or data.split or split or HELDOUT
 
 
 @contextmanager
