@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -81,14 +82,29 @@ class TrainContext:
 
 @dataclass
 class TrainOutput:
-    """x_hat [batch, d_out], codes [batch, n_latents] (detached), and named loss terms
-    (summed by the trainer)."""
+    """x_hat [batch, d_out], the selector's code (sparse or dense), and named loss terms
+    (summed by the trainer). `codes` is the code as a detached dense [batch, n_latents] matrix,
+    built on first use: a TopK step that needs only `fired()` never builds it (at 4,096
+    latents the matrix alone cost a fifth of the step)."""
 
     x_hat: torch.Tensor
-    codes: torch.Tensor
+    code: SparseCode | torch.Tensor
     losses: dict[str, torch.Tensor]
     # Scalars worth logging (a JumpReLU sparsity coefficient, mean pursuit steps, ...).
     stats: dict[str, float] = field(default_factory=dict)
+
+    @functools.cached_property
+    def codes(self) -> torch.Tensor:
+        return dense_code(self.code)
+
+    def fired(self) -> torch.Tensor:
+        """[n_latents] bool: the latents with a non-zero code on some token of the batch."""
+        code = self.code
+        if not isinstance(code, SparseCode):
+            return code.detach().any(0)
+        fired = torch.zeros(code.n_latents, dtype=torch.bool, device=code.cols.device)
+        fired[code.cols[code.values.detach() != 0]] = True
+        return fired
 
 
 @dataclass
@@ -303,7 +319,7 @@ class SAE(nn.Module):
                     part.observe(self, fwd, stats)
         if isinstance(code, SparseCode):
             stats.update({k: float(v.float().mean()) for k, v in code.stats.items()})
-        return TrainOutput(self._restore(x_hat, moments), dense_code(code), losses, stats)
+        return TrainOutput(self._restore(x_hat, moments), code, losses, stats)
 
     def _target(self, x: torch.Tensor, extras: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if not self.is_transcoder:
@@ -334,6 +350,11 @@ class SAE(nn.Module):
         """Re-impose constraints after each update (unit atoms, non-negative thresholds)."""
         for part in self.parts:
             part.after_step(self)
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether some part tracks the training codes (so the trainer must hand them over)."""
+        return any(type(part).calibrate is not Part.calibrate for part in self.parts)
 
     @torch.no_grad()
     def calibrate(self, codes: torch.Tensor) -> None:

@@ -65,12 +65,14 @@ class Dictionary(Part):
 
     @torch.no_grad()
     def remove_radial_grad(self, sae: SAE) -> None:
-        """g_i ← g_i − ⟨g_i, d_i⟩ d_i."""
+        """g_i ← g_i − ⟨g_i, d_i⟩ d_i, as g_i − (⟨g_i, w_i⟩ / ‖w_i‖²) w_i for the row w_i of
+        W_dec: row dots and norms, then one in-place update, with no [n_latents, d] temporary."""
         if not self.unit_norm or sae.W_dec.grad is None:
             return
-        d = sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        g = sae.W_dec.grad
-        g -= (g * d).sum(-1, keepdim=True) * d
+        W, g = sae.W_dec, sae.W_dec.grad
+        dots = torch.bmm(g.unsqueeze(1), W.unsqueeze(2)).view(-1)
+        scale = dots / torch.linalg.vector_norm(W, dim=-1).clamp_min(1e-8).square()
+        g.addcmul_(W, scale.unsqueeze(1), value=-1)
 
     @torch.no_grad()
     def after_step(self, sae: SAE) -> None:

@@ -35,7 +35,11 @@ class PreActivations:
 
     def _compute(self) -> torch.Tensor:
         out = self.x @ self.W.T
-        return out if self.b is None else out + self.b
+        if self.b is not None:
+            # In place: a second [batch, n_latents] buffer costs more than the add (fresh
+            # pages); the product's backward does not need its output.
+            out += self.b
+        return out
 
     def full(self) -> torch.Tensor:
         if self._full is None:
@@ -52,10 +56,13 @@ class PreActivations:
                     self._detached = self._compute()
         return self._detached
 
-    def at(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    def at(
+        self, rows: torch.Tensor, cols: torch.Tensor, known: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """known: the values at (rows, cols) without gradient, if the caller has them."""
         if self._full is not None:
             return self._full[rows, cols]
-        return gather_values(self.x, self.W, self.b, rows, cols, self._detached)
+        return gather_values(self.x, self.W, self.b, rows, cols, self._detached, known)
 
     def columns(self, idx: torch.Tensor) -> torch.Tensor:
         if self._full is not None or self._detached is not None:

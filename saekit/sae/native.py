@@ -1,4 +1,5 @@
-"""The C kernels of pursuit_kernels.c, compiled on first use and loaded through ctypes.
+"""The C kernels (pursuit_kernels.c, topk_kernels.c), compiled on first use and loaded through
+ctypes.
 
 Built once per machine with the system C compiler (`$CC`, else `cc`) for the host CPU
 (-march=native) into `$SAEKIT_CACHE` (default ~/.cache/saekit)/native/<key>/, where the
@@ -24,14 +25,19 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("pursuit_kernels.c")
 # Not -ffast-math: without FMA contraction c − α·G[j] rounds as torch's addcmul does, so the
-# C and torch paths make the same selections. Reassociation and finite math let the compiler
-# vectorise the sum and max reductions (5x on the pursuit); callers reject NaN/Inf inputs.
+# C and torch paths make the same selections. Reassociation lets the compiler vectorise the sum
+# and max reductions (5x on the pursuit).
 FLAGS = [
     "-O3", "-march=native", "-fPIC", "-std=c11", "-ffp-contract=off", "-fno-math-errno",
-    "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math", "-ffinite-math-only",
+    "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math",
 ]  # fmt: skip
+# Source -> its extra flags. The pursuit assumes finite numbers (its callers reject NaN/Inf
+# input); top-k does not: it also serves inference, where nobody checks the scores first.
+SOURCES = {
+    Path(__file__).with_name("pursuit_kernels.c"): ["-ffinite-math-only"],
+    Path(__file__).with_name("topk_kernels.c"): [],
+}
 TYPES = {torch.float32: ("float", "_f32"), torch.float64: ("double", "_f64")}
 
 _lib: ctypes.CDLL | None = None
@@ -60,12 +66,13 @@ def _compiler() -> str | None:
 def _build(cc: str, version: str, target: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         objects = []
-        for real, suffix in TYPES.values():
-            obj = Path(tmp) / f"kernels{suffix}.o"
-            defines = [f"-DREAL={real}", f"-DSUFFIX={suffix}"]
-            cmd = [cc, *FLAGS, *defines, "-c", str(SOURCE), "-o", str(obj)]
-            subprocess.run(cmd, check=True, capture_output=True, text=True)
-            objects.append(str(obj))
+        for source, extra in SOURCES.items():
+            for real, suffix in TYPES.values():
+                obj = Path(tmp) / f"{source.stem}{suffix}.o"
+                defines = [f"-DREAL={real}", f"-DSUFFIX={suffix}"]
+                cmd = [cc, *FLAGS, *extra, *defines, "-c", str(source), "-o", str(obj)]
+                subprocess.run(cmd, check=True, capture_output=True, text=True)
+                objects.append(str(obj))
         out = Path(tmp) / "kernels.so"
         subprocess.run([cc, "-shared", *objects, "-o", str(out)], check=True, capture_output=True)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +96,14 @@ def library() -> ctypes.CDLL | None:
         return None
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_signature()]).encode()
+        "\0".join(
+            [
+                *(f"{src.read_text()}{extra}" for src, extra in SOURCES.items()),
+                " ".join(FLAGS),
+                version,
+                _cpu_signature(),
+            ]
+        ).encode()
     ).hexdigest()[:16]
     from saekit.data.models import cache_root
 
@@ -134,7 +148,10 @@ def _declare(lib: ctypes.CDLL) -> None:
             P,
             P,
         ]
-        for name in ("mp_pursue", "mirror_upper", "mp_replay_forward", "mp_replay_backward"):
+        getattr(lib, f"row_topk{suffix}").argtypes = [P, I, I, I, P, P]
+        for name in (
+            "mp_pursue", "mirror_upper", "mp_replay_forward", "mp_replay_backward", "row_topk"
+        ):  # fmt: skip
             getattr(lib, name + suffix).restype = None
 
 

@@ -289,8 +289,9 @@ class Trainer:
                 self._diverged(m, f"its loss is {float(loss.detach())}")
             if m.optimizer is not None:
                 self._update(m, loss)
-            m.sae.calibrate(out.codes)
-            fired = out.codes.any(0)
+            if m.sae.calibrates:
+                m.sae.calibrate(out.codes)
+            fired = out.fired()
             if self.dp is not None:
                 fired = self.dp.any(fired)
                 self.dp.average_buffers(m.sae)
@@ -330,8 +331,13 @@ class Trainer:
         else:
             m.sae.after_optimizer_step()
         params = [p for p in m.sae.parameters() if p.is_floating_point()]
-        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
-            bad = next(n for n, p in m.sae.named_parameters() if not torch.isfinite(p).all())
+        # A sum is NaN/Inf when any element is (or when finite values overflow it, which is a
+        # divergence too): one reduction per tensor instead of an elementwise isfinite pass.
+        if params and not bool(torch.isfinite(torch.stack([p.sum() for p in params])).all()):
+            bad = next(
+                (n for n, p in m.sae.named_parameters() if not torch.isfinite(p).all()),
+                "a parameter's sum",
+            )
             self._diverged(m, f"{bad} became NaN/Inf after the update")
 
     def _diverged(self, m: Member, what: str) -> None:

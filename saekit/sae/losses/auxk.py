@@ -17,7 +17,7 @@ import torch
 
 from saekit.sae.encoders import PreActivations
 from saekit.sae.losses.base import LossTerm
-from saekit.sae.sparse import SparseCode, from_topk, sparse_decode
+from saekit.sae.sparse import SparseCode, from_topk, row_topk, sparse_decode
 
 
 def default_k_aux(sae) -> int:
@@ -38,7 +38,7 @@ def auxk_loss(sae, fwd, mask: torch.Tensor | None) -> torch.Tensor:
         scores = pre.columns(masked)
         if sae.signed_codes:
             scores = scores.abs()
-        idx = scores.topk(k, dim=-1).indices
+        idx = row_topk(scores, k)[1]
     rows, cols = from_topk(masked[idx], sae.n_latents)
     values = pre.at(rows, cols)
     if not sae.signed_codes:

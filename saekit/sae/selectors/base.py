@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from saekit.sae.base import Part
-from saekit.sae.sparse import SparseCode, from_topk
+from saekit.sae.sparse import SparseCode, from_topk, row_topk
 
 if TYPE_CHECKING:
     from saekit.sae.base import SAE
@@ -62,9 +62,11 @@ def require_pre(pre: PreActivations | None, selector: Selector) -> PreActivation
 def code_at(
     pre: PreActivations, rows: torch.Tensor, cols: torch.Tensor, batch: int, n_latents: int,
     signed: bool = False, stats: dict[str, torch.Tensor] | None = None,
+    known: torch.Tensor | None = None,
 ) -> SparseCode:  # fmt: skip
-    """The code with pre-activations kept at (rows, cols), ReLU'd unless signed."""
-    values = pre.at(rows, cols)
+    """The code with pre-activations kept at (rows, cols), ReLU'd unless signed. known: their
+    values without gradient, when the selection already read them."""
+    values = pre.at(rows, cols, known)
     if not signed:
         values = values.relu()
     return SparseCode(rows, cols, values, batch, n_latents, stats=stats or {})
@@ -74,8 +76,10 @@ def topk_code(
     pre: PreActivations, scores: torch.Tensor, k: int, n_latents: int, signed: bool = False
 ) -> SparseCode:
     """Keep each row's k largest `scores` [batch, n_latents] (no gradient)."""
-    rows, cols = from_topk(scores.topk(k, dim=-1).indices, n_latents)
-    return code_at(pre, rows, cols, scores.shape[0], n_latents, signed)
+    top, indices = row_topk(scores, k)
+    rows, cols = from_topk(indices, n_latents)
+    known = top.reshape(-1) if scores is pre.detached else None
+    return code_at(pre, rows, cols, scores.shape[0], n_latents, signed, known=known)
 
 
 def knob(value: Any, default: Any) -> Any:
