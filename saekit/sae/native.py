@@ -1,4 +1,4 @@
-"""The C kernels (pursuit_kernels.c, topk_kernels.c), compiled on first use and loaded through
+"""The C kernels (pursuit_kernels.c, sparse_kernels.c), compiled on first use and loaded through
 ctypes.
 
 Built once per machine with the system C compiler (`$CC`, else `cc`) for the host CPU
@@ -36,7 +36,7 @@ FLAGS = [
 # input); top-k does not: it also serves inference, where nobody checks the scores first.
 SOURCES = {
     Path(__file__).with_name("pursuit_kernels.c"): ["-ffinite-math-only"],
-    Path(__file__).with_name("topk_kernels.c"): [],
+    Path(__file__).with_name("sparse_kernels.c"): [],
 }
 TYPES = {torch.float32: ("float", "_f32"), torch.float64: ("double", "_f64")}
 
@@ -149,8 +149,10 @@ def _declare(lib: ctypes.CDLL) -> None:
             P,
         ]
         getattr(lib, f"row_topk{suffix}").argtypes = [P, I, I, I, P, P]
+        getattr(lib, f"sparse_backward{suffix}").argtypes = [P, P, P, P, P, I, I, I, I, I, I, P, P, P]
         for name in (
-            "mp_pursue", "mirror_upper", "mp_replay_forward", "mp_replay_backward", "row_topk"
+            "mp_pursue", "mirror_upper", "mp_replay_forward", "mp_replay_backward", "row_topk",
+            "sparse_backward",
         ):  # fmt: skip
             getattr(lib, name + suffix).restype = None
 

@@ -60,7 +60,7 @@ def dense_code(code: SparseCode | torch.Tensor, detach: bool = True) -> torch.Te
 
 def row_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices) [batch, k] of each row's k largest scores, in descending order, as
-    `scores.topk(k, dim=-1)`. On CPU for fp32/fp64 through the C kernel (topk_kernels.c,
+    `scores.topk(k, dim=-1)`. On CPU for fp32/fp64 through the C kernel (sparse_kernels.c,
     several times faster than torch's at SAE shapes); equal scores keep the lower index.
     Without gradient: selection scores never carry one."""
     batch, n = scores.shape
@@ -115,6 +115,16 @@ class _SelectedPreActivations(torch.autograd.Function):
     def backward(ctx, grad):
         x_centered, W_enc, rows, cols, offsets = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(W_enc.shape[0], dtype=grad.dtype, device=grad.device)
+            grad_b.index_add_(0, cols, grad)
+        native_grads = sparse_backward(
+            W_enc, x_centered, rows, cols, grad,
+            grad_a=ctx.needs_input_grad[1], grad_b=ctx.needs_input_grad[0],
+        )  # fmt: skip
+        if native_grads is not None:
+            grad_w, grad_x, _ = native_grads
+            return grad_x, grad_w, grad_b, None, None, None, None
         if ctx.needs_input_grad[0]:
             if offsets.numel():  # rows sorted: one embedding_bag
                 grad_x = F.embedding_bag(cols, W_enc, offsets, mode="sum", per_sample_weights=grad)
@@ -124,10 +134,57 @@ class _SelectedPreActivations(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             shape = (W_enc.shape[0], x_centered.shape[0])
             grad_w = _sparse_times(cols, rows, grad, shape, x_centered)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(W_enc.shape[0], dtype=grad.dtype, device=grad.device)
-            grad_b.index_add_(0, cols, grad)
         return grad_x, grad_w, grad_b, None, None, None, None
+
+
+class _SparseDecode(torch.autograd.Function):
+    """Σ_i f_i d_i per row by embedding_bag; the backward by the C kernel (sparse_backward),
+    used only where that kernel runs."""
+
+    @staticmethod
+    def forward(ctx, values, W_dec, rows, cols, offsets):
+        ctx.save_for_backward(values, W_dec, rows, cols)
+        return F.embedding_bag(cols, W_dec, offsets, mode="sum", per_sample_weights=values)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        values, W_dec, rows, cols = ctx.saved_tensors
+        grad_w, _, grad_values = sparse_backward(
+            W_dec, grad_out, rows, cols, values,
+            grad_a=ctx.needs_input_grad[1], dots=ctx.needs_input_grad[0],
+        )  # fmt: skip
+        return grad_values, grad_w, None, None, None
+
+
+def sparse_backward(
+    A: torch.Tensor, B: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+    coef: torch.Tensor, grad_a: bool = False, grad_b: bool = False, dots: bool = False,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None] | None:  # fmt: skip
+    """For entries e = (rows[e], cols[e]) with coefficients coef[e]: (grad_A, grad_B, dots) with
+    grad_A[cols[e]] += coef[e]·B[rows[e]], grad_B[rows[e]] += coef[e]·A[cols[e]] and
+    dots[e] = <A[cols[e]], B[rows[e]]>, each only if asked. One pass of the C kernel; None where
+    it does not run (not CPU, a dtype other than fp32/fp64, mixed dtypes, no compiler)."""
+    run = native.kernel("sparse_backward", A.dtype) if A.device.type == "cpu" else None
+    if run is None or not (B.dtype == coef.dtype == A.dtype) or B.device.type != "cpu":
+        return None
+    A, B, coef = A.detach().contiguous(), B.detach().contiguous(), coef.detach().contiguous()
+    rows, cols = rows.contiguous(), cols.contiguous()
+    out_a = torch.zeros_like(A) if grad_a else None
+    out_b = torch.zeros_like(B) if grad_b else None
+    out_dots = coef.new_empty(coef.shape) if dots else None
+    n_a, n_b, d = A.shape[0], B.shape[0], A.shape[1]
+
+    def part(start: int, stop: int, worker: int) -> None:
+        # Worker w owns B rows [start, stop) and the same share of A's rows: disjoint writes.
+        a_lo, a_hi = n_a * start // n_b, n_a * stop // n_b
+        run(
+            native.ptr(A), native.ptr(B), native.ptr(rows), native.ptr(cols), native.ptr(coef),
+            rows.numel(), d, a_lo, a_hi, start, stop,
+            native.ptr(out_a), native.ptr(out_b), native.ptr(out_dots),
+        )  # fmt: skip
+
+    native.split_rows(n_b, part)
+    return out_a, out_b, out_dots
 
 
 def _sparse_times(
@@ -173,9 +230,14 @@ def gather_values(
 def sparse_decode(
     code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None
 ) -> torch.Tensor:
-    """[batch, d_in] = Σ_i f_i d_i (+ b_dec), via embedding_bag (no [nnz, d_in] temporary)."""
+    """[batch, d_in] = Σ_i f_i d_i (+ b_dec), via embedding_bag (no [nnz, d_in] temporary);
+    on CPU its backward goes through the C kernel."""
     offsets = row_offsets(code.rows, code.batch)
-    out = F.embedding_bag(code.cols, W_dec, offsets, mode="sum", per_sample_weights=code.values)
+    on_cpu = W_dec.device.type == "cpu" and code.values.dtype == W_dec.dtype
+    if on_cpu and native.kernel("sparse_backward", W_dec.dtype) is not None:
+        out = _SparseDecode.apply(code.values, W_dec, code.rows, code.cols, offsets)
+    else:
+        out = F.embedding_bag(code.cols, W_dec, offsets, mode="sum", per_sample_weights=code.values)
     return out if b_dec is None else out + b_dec
 
 

@@ -1,11 +1,14 @@
-/* Per-row top-k for TopK-style selection on CPU (docs/methods.md#topk-speed), called from
- * saekit/sae/sparse.py through saekit/sae/native.py.
+/* CPU kernels for TopK-style training (docs/methods.md#topk-speed): the per-row top-k of the
+ * selection and the sparse products of its backward. Called from saekit/sae/sparse.py through
+ * saekit/sae/native.py.
  *
  * Compiled with REAL=float / SUFFIX=_f32 and REAL=double / SUFFIX=_f64, like the pursuit
- * kernels. torch.topk on a [1024, 4096] fp32 matrix takes about as long as the encoder matmul
- * that produced it; here each row is one streaming pass: a block of BLOCK scores is skipped
- * after one vectorised max when it cannot beat the current k-th largest, which after the first
- * few blocks is almost every block, and the survivors go through a size-k min-heap.
+ * kernels, but without -ffinite-math-only: top-k also serves inference, where nobody checks the
+ * scores first, so infinities must order correctly.
+ *
+ * Top-k: torch.topk on a [1024, 4096] fp32 matrix takes about as long as the encoder matmul
+ * that produced it; here a row is one vectorised pass of block maxima, a bisection for a bound
+ * on the k-th largest score, and a short pass over the few candidates above it.
  */
 #include <stdint.h>
 #include <string.h>
@@ -180,6 +183,43 @@ void FN(row_topk)(const REAL *scores, int64_t batch, int64_t n, int64_t k, REAL 
             REAL tv = val[0]; val[0] = val[end]; val[end] = tv;
             int64_t ti = idx[0]; idx[0] = idx[end]; idx[end] = ti;
             FN(sift_down)(val, idx, end, 0);
+        }
+    }
+}
+
+/* The backward of a sparse product over entries e = (rows[e], cols[e]) with coefficients
+ * coef[e], for A [*, d] indexed by cols and B [*, d] indexed by rows:
+ *   grad_A[cols[e]] += coef[e] · B[rows[e]]   (grad_A may be NULL)
+ *   grad_B[rows[e]] += coef[e] · A[cols[e]]   (grad_B may be NULL)
+ *   dots[e]          = <A[cols[e]], B[rows[e]]> (dots may be NULL)
+ * The encoder's backward is (A = W_enc, B = the centred input, coef = the gradient of the kept
+ * pre-activations); the decoder's is (A = W_dec, B = the gradient of x̂, coef = the code values,
+ * dots = the gradient of the values). One pass over the entries reads each pair of rows once
+ * for all three outputs, where torch needs a sparse matmul (with a sort), two embedding_bag
+ * backwards and zero-filled temporaries.
+ *
+ * A call only touches grad_A rows in [a_lo, a_hi) and grad_B rows / dots of entries with rows
+ * in [b_lo, b_hi), so threads given disjoint ranges never write the same memory. */
+void FN(sparse_backward)(const REAL *A, const REAL *B, const int64_t *rows, const int64_t *cols,
+                         const REAL *coef, int64_t nnz, int64_t d, int64_t a_lo, int64_t a_hi,
+                         int64_t b_lo, int64_t b_hi, REAL *grad_A, REAL *grad_B, REAL *dots) {
+    for (int64_t e = 0; e < nnz; e++) {
+        const int64_t r = rows[e], c = cols[e];
+        const REAL *a = A + c * d, *b = B + r * d;
+        const REAL g = coef[e];
+        if (grad_A && c >= a_lo && c < a_hi) {
+            REAL *out = grad_A + c * d;
+            for (int64_t i = 0; i < d; i++) out[i] += g * b[i];
+        }
+        if (r < b_lo || r >= b_hi) continue;
+        if (grad_B) {
+            REAL *out = grad_B + r * d;
+            for (int64_t i = 0; i < d; i++) out[i] += g * a[i];
+        }
+        if (dots) {
+            REAL s = 0;
+            for (int64_t i = 0; i < d; i++) s += a[i] * b[i];
+            dots[e] = s;
         }
     }
 }
