@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from saekit.options import option
+from saekit.profiling import phase
 from saekit.sae.sparse import SparseCode, dense_code
 from saekit.sae.standardise import TokenMoments, restore, standardise
 
@@ -305,14 +306,17 @@ class SAE(nn.Module):
         term. Loss terms see the input as the coder does (standardised per token when
         configured); the returned x_hat is in the input's units."""
         x, moments = self.coder_input(x)
-        code, x_centered, pre = self._select(x, ctx.extras, {}, training=True)
-        x_hat = self._output(x, self.decode(code))
+        with phase("selection"):
+            code, x_centered, pre = self._select(x, ctx.extras, {}, training=True)
+        with phase("decoder"):
+            x_hat = self._output(x, self.decode(code))
         target = self._target(x, ctx.extras)
         fwd = Forward(x, target, x_centered, pre, code, x_hat, ctx)
         losses: dict[str, torch.Tensor] = {}
         stats: dict[str, float] = {}
-        for term in self.losses:
-            losses.update(term.compute(self, fwd, stats))
+        with phase("losses"):
+            for term in self.losses:
+                losses.update(term.compute(self, fwd, stats))
         if self.training:
             with torch.no_grad():
                 for part in self.parts:

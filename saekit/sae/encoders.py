@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from saekit.profiling import phase
 from saekit.sae.base import Part
 from saekit.sae.sparse import gather_values
 
@@ -34,7 +35,8 @@ class PreActivations:
         self._detached: torch.Tensor | None = None
 
     def _compute(self) -> torch.Tensor:
-        out = self.x @ self.W.T
+        with phase("encoder matmul"):
+            out = self.x @ self.W.T
         if self.b is not None:
             # In place: a second [batch, n_latents] buffer costs more than the add (fresh
             # pages); the product's backward does not need its output.

@@ -149,12 +149,27 @@ def _declare(lib: ctypes.CDLL) -> None:
             P,
         ]
         getattr(lib, f"row_topk{suffix}").argtypes = [P, I, I, I, P, P]
-        getattr(lib, f"sparse_backward{suffix}").argtypes = [P, P, P, P, P, I, I, I, I, I, I, P, P, P]
+        getattr(lib, f"sparse_backward{suffix}").argtypes = [
+            P,
+            P,
+            P,
+            P,
+            P,
+            I,
+            I,
+            I,
+            I,
+            I,
+            I,
+            P,
+            P,
+            P,
+        ]
         for name in (
-            "mp_pursue", "mirror_upper", "mp_replay_forward", "mp_replay_backward", "row_topk",
-            "sparse_backward",
+            "mp_pursue", "mirror_upper", "mp_replay_forward", "mp_replay_backward", "row_topk"
         ):  # fmt: skip
             getattr(lib, name + suffix).restype = None
+        getattr(lib, f"sparse_backward{suffix}").restype = ctypes.c_int
 
 
 def kernel(name: str, dtype: torch.dtype) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]

@@ -177,11 +177,13 @@ def sparse_backward(
     def part(start: int, stop: int, worker: int) -> None:
         # Worker w owns B rows [start, stop) and the same share of A's rows: disjoint writes.
         a_lo, a_hi = n_a * start // n_b, n_a * stop // n_b
-        run(
+        status = run(
             native.ptr(A), native.ptr(B), native.ptr(rows), native.ptr(cols), native.ptr(coef),
             rows.numel(), d, a_lo, a_hi, start, stop,
             native.ptr(out_a), native.ptr(out_b), native.ptr(out_dots),
         )  # fmt: skip
+        if status != 0:
+            raise MemoryError("sparse_backward: no memory for the column sort")
 
     native.split_rows(n_b, part)
     return out_a, out_b, out_dots

@@ -11,6 +11,7 @@
  * on the k-th largest score, and a short pass over the few candidates above it.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define CAT_(a, b) a##b
@@ -194,26 +195,52 @@ void FN(row_topk)(const REAL *scores, int64_t batch, int64_t n, int64_t k, REAL 
  *   dots[e]          = <A[cols[e]], B[rows[e]]> (dots may be NULL)
  * The encoder's backward is (A = W_enc, B = the centred input, coef = the gradient of the kept
  * pre-activations); the decoder's is (A = W_dec, B = the gradient of x̂, coef = the code values,
- * dots = the gradient of the values). One pass over the entries reads each pair of rows once
- * for all three outputs, where torch needs a sparse matmul (with a sort), two embedding_bag
- * backwards and zero-filled temporaries.
+ * dots = the gradient of the values). torch needs a sparse matmul (with a sort), two
+ * embedding_bag backwards and zero-filled temporaries for the same.
+ *
+ * grad_A is accumulated column by column (a counting sort of the entries by column first), so
+ * each of its rows stays in L1 while it is summed and is written to memory once, instead of a
+ * read-modify-write of a random row per entry. grad_B and dots go in entry order, which for
+ * row-sorted entries keeps each grad_B row in L1 too.
  *
  * A call only touches grad_A rows in [a_lo, a_hi) and grad_B rows / dots of entries with rows
- * in [b_lo, b_hi), so threads given disjoint ranges never write the same memory. */
-void FN(sparse_backward)(const REAL *A, const REAL *B, const int64_t *rows, const int64_t *cols,
-                         const REAL *coef, int64_t nnz, int64_t d, int64_t a_lo, int64_t a_hi,
-                         int64_t b_lo, int64_t b_hi, REAL *grad_A, REAL *grad_B, REAL *dots) {
-    for (int64_t e = 0; e < nnz; e++) {
-        const int64_t r = rows[e], c = cols[e];
-        const REAL *a = A + c * d, *b = B + r * d;
-        const REAL g = coef[e];
-        if (grad_A && c >= a_lo && c < a_hi) {
-            REAL *out = grad_A + c * d;
-            for (int64_t i = 0; i < d; i++) out[i] += g * b[i];
+ * in [b_lo, b_hi), so threads given disjoint ranges never write the same memory. Returns 0, or
+ * -1 when the scratch for the sort cannot be allocated (nothing written to grad_A then). */
+int FN(sparse_backward)(const REAL *A, const REAL *B, const int64_t *rows, const int64_t *cols,
+                        const REAL *coef, int64_t nnz, int64_t d, int64_t a_lo, int64_t a_hi,
+                        int64_t b_lo, int64_t b_hi, REAL *grad_A, REAL *grad_B, REAL *dots) {
+    if (grad_A && a_hi > a_lo) {
+        const int64_t span = a_hi - a_lo;
+        int64_t *start = calloc((size_t)span + 1, sizeof(int64_t));
+        int64_t *order = malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(int64_t));
+        if (!start || !order) { free(start); free(order); return -1; }
+        for (int64_t e = 0; e < nnz; e++)
+            if (cols[e] >= a_lo && cols[e] < a_hi) start[cols[e] - a_lo + 1]++;
+        for (int64_t c = 0; c < span; c++) start[c + 1] += start[c];
+        for (int64_t e = 0; e < nnz; e++)
+            if (cols[e] >= a_lo && cols[e] < a_hi) order[start[cols[e] - a_lo]++] = e;
+        /* start[c] now ends column c's run: column c is order[start[c-1] .. start[c]). */
+        int64_t e0 = 0;
+        for (int64_t c = 0; c < span; c++) {
+            REAL *out = grad_A + (a_lo + c) * d;
+            for (; e0 < start[c]; e0++) {
+                const int64_t e = order[e0];
+                const REAL *b = B + rows[e] * d;
+                const REAL g = coef[e];
+                for (int64_t i = 0; i < d; i++) out[i] += g * b[i];
+            }
         }
+        free(start);
+        free(order);
+    }
+    if (!grad_B && !dots) return 0;
+    for (int64_t e = 0; e < nnz; e++) {
+        const int64_t r = rows[e];
         if (r < b_lo || r >= b_hi) continue;
+        const REAL *a = A + cols[e] * d, *b = B + r * d;
         if (grad_B) {
             REAL *out = grad_B + r * d;
+            const REAL g = coef[e];
             for (int64_t i = 0; i < d; i++) out[i] += g * a[i];
         }
         if (dots) {
@@ -222,4 +249,5 @@ void FN(sparse_backward)(const REAL *A, const REAL *B, const int64_t *rows, cons
             dots[e] = s;
         }
     }
+    return 0;
 }

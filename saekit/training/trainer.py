@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from saekit.data.stream import ActivationStream, Batch
 from saekit.formats import native
 from saekit.options import check_config_values, option
+from saekit.profiling import phase
 from saekit.sae.base import SAE, TrainContext
 from saekit.sae.registry import get_architecture, make_config
 from saekit.sae.standardise import standardise
@@ -289,14 +290,15 @@ class Trainer:
                 self._diverged(m, f"its loss is {float(loss.detach())}")
             if m.optimizer is not None:
                 self._update(m, loss)
-            if m.sae.calibrates:
-                m.sae.calibrate(out.codes)
-            fired = out.fired()
-            if self.dp is not None:
-                fired = self.dp.any(fired)
-                self.dp.average_buffers(m.sae)
-            m.tokens_since_fired += len(batch) * (self.dp.world_size if self.dp else 1)
-            m.tokens_since_fired[fired] = 0
+            with phase("bookkeeping"):
+                if m.sae.calibrates:
+                    m.sae.calibrate(out.codes)
+                fired = out.fired()
+                if self.dp is not None:
+                    fired = self.dp.any(fired)
+                    self.dp.average_buffers(m.sae)
+                m.tokens_since_fired += len(batch) * (self.dp.world_size if self.dp else 1)
+                m.tokens_since_fired[fired] = 0
             if log_now:
                 m.last = self._step_metrics(_scored(m.sae, batch), out, loss, dead, m)
                 if self.heldout is not None:
@@ -318,22 +320,31 @@ class Trainer:
         """Backward, radial decoder gradient removed, clip, Adam, schedule, constraints; a
         parameter that became NaN/Inf stops the run before anything is saved."""
         m.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with phase("backward"):
+            loss.backward()
         if self.dp is not None:
             self.dp.average_gradients(list(m.sae.parameters()))
-        m.sae.remove_parallel_decoder_grad()
+        with phase("radial projection"):
+            m.sae.remove_parallel_decoder_grad()
         if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(m.sae.parameters(), self.cfg.grad_clip)
-        m.optimizer.step()
-        m.scheduler.step()
-        if isinstance(m.optimizer, ScheduleFreeSignSGD):
-            m.optimizer.constrain(m.sae.after_optimizer_step)
-        else:
-            m.sae.after_optimizer_step()
-        params = [p for p in m.sae.parameters() if p.is_floating_point()]
-        # A sum is NaN/Inf when any element is (or when finite values overflow it, which is a
-        # divergence too): one reduction per tensor instead of an elementwise isfinite pass.
-        if params and not bool(torch.isfinite(torch.stack([p.sum() for p in params])).all()):
+            with phase("gradient clipping"):
+                torch.nn.utils.clip_grad_norm_(m.sae.parameters(), self.cfg.grad_clip)
+        with phase("optimiser"):
+            m.optimizer.step()
+            m.scheduler.step()
+        with phase("unit norm"):
+            if isinstance(m.optimizer, ScheduleFreeSignSGD):
+                m.optimizer.constrain(m.sae.after_optimizer_step)
+            else:
+                m.sae.after_optimizer_step()
+        with phase("finite check"):
+            params = [p for p in m.sae.parameters() if p.is_floating_point()]
+            # A sum is NaN/Inf when any element is (or when finite values overflow it, which is
+            # a divergence too): one reduction per tensor instead of an elementwise pass.
+            finite = (
+                torch.isfinite(torch.stack([p.sum() for p in params])).all() if params else True
+            )
+        if not bool(finite):
             bad = next(
                 (n for n, p in m.sae.named_parameters() if not torch.isfinite(p).all()),
                 "a parameter's sum",
