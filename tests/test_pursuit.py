@@ -22,16 +22,6 @@ from saekit.sae.pursuit import (
 )
 
 
-@pytest.fixture(params=["native", "torch"])
-def backend(request, monkeypatch):
-    if request.param == "torch":
-        monkeypatch.setenv("SAEKIT_NATIVE", "0")
-        assert native.library() is None
-    else:
-        assert native.library() is not None, "C kernels failed to build (is `cc` installed?)"
-    return request.param
-
-
 def dictionary(p: int, d: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     D = torch.randn(p, d, generator=g, dtype=dtype)
