@@ -1,85 +1,172 @@
-"""Capture throughput: hooks + early stop at a middle layer vs a plain full forward.
+"""Capture throughput: `saekit cache` against a bare forward stopped at the same layer.
 
-Both run in the same process on the same tokens, alternating, so machine load affects both
-alike; the median of ``--repeats`` runs is reported. Default: SmolLM2-135M (30 layers),
-layer 15, 8 x 128 tokens of the default text, 1 thread: about a minute.
+Each round times, alternately and in the same process (machine load affects both alike):
 
-    python benchmarks/capture_throughput.py [--model default] [--hookpoint model.layers.15]
+- capture: `saekit.training.capture.capture`, the function behind `saekit cache`, with
+  CaptureConfig's defaults (8 contexts x 128 tokens per forward, fp32, norm masking, a
+  held-out split of 10%), writing a real cache to a temporary directory;
+- bare: the same contexts (train and held-out, as many as the capture read) through the
+  model's decoder truncated after the hooked layer (`model.model` with only layers 0..L and
+  no final norm): no hooks, no masking, no copies, no writes.
+
+Tokenising is included in both: both read the corpus through `iter_context_batches`, and
+the bare side also reports how much of its time that was. Tokens/s counts the tokens that
+go through the model (contexts x ctx_len). `--profile` adds a cProfile of one capture.
+
+    python benchmarks/capture_throughput.py [--tokens 8192] [--rounds 3] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import statistics
+import tempfile
 import time
+from contextlib import contextmanager
+from dataclasses import replace
+from itertools import islice
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
-from saekit.data.corpora import tokenize_corpus  # noqa: E402
-from saekit.data.hooks import capture  # noqa: E402
+from saekit.data.corpora import iter_context_batches, open_corpus  # noqa: E402
+from saekit.data.hooks import get_module  # noqa: E402
 from saekit.data.model_stream import default_hookpoint  # noqa: E402
-from saekit.data.models import load_model  # noqa: E402
+from saekit.data.models import load_model_cached  # noqa: E402
+from saekit.training.capture import CaptureConfig, capture  # noqa: E402
 
 
-def timed(fn, batches) -> float:
-    start = time.perf_counter()
-    for ids, am in batches:
-        fn(ids, am)
-    return time.perf_counter() - start
+@contextmanager
+def truncated(model: nn.Module, hookpoint: str):
+    """The decoder that owns ``hookpoint`` (``PREFIX.layers.L``, Llama/Gemma style) with
+    only layers 0..L and an identity final norm: its output is the hookpoint's output."""
+    prefix, _, layer = hookpoint.rpartition(".layers.")
+    decoder = get_module(model, prefix)
+    layers, norm = decoder.layers, decoder.norm
+    decoder.layers, decoder.norm = layers[: int(layer) + 1], nn.Identity()
+    try:
+        yield decoder
+    finally:
+        decoder.layers, decoder.norm = layers, norm
+
+
+def bare(model, tokenizer, hookpoint: str, cfg: CaptureConfig, contexts: dict) -> dict:
+    """Seconds to tokenise and run ``contexts[split]`` contexts of each split through the
+    truncated decoder, and how many of them were tokenising."""
+    tokenize = forward = 0.0
+    corpus = open_corpus(cfg.corpus, text_field=cfg.text_field)
+    with truncated(model, hookpoint) as decoder, torch.no_grad():
+        for split, n in contexts.items():
+            per_forward = cfg.contexts_per_forward
+            batches = iter_context_batches(tokenizer, corpus, per_forward, cfg.ctx_len, split)
+            start = time.perf_counter()
+            for batch in islice(batches, -(-n // per_forward)):
+                t = time.perf_counter()
+                tokenize += t - start
+                # use_cache=False: as capture runs the model (no KV cache for one pass)
+                ids, am = batch.input_ids, batch.attention_mask
+                decoder(input_ids=ids, attention_mask=am, use_cache=False)
+                start = time.perf_counter()
+                forward += start - t
+    return {"seconds": tokenize + forward, "tokenize": tokenize}
+
+
+def run_capture(model_name: str, hookpoint: str, n_tokens: int, cfg: CaptureConfig) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        manifest = capture(Path(out), model_name, [hookpoint], n_tokens, cfg, progress=False)
+        seconds = time.perf_counter() - start
+    contexts = {split: c["n_contexts"] for split, c in manifest["corpus"].items()}
+    return {"seconds": seconds, "contexts": contexts}
+
+
+# Where a capture's time goes: (file, function) whose cumulative time is one part. A part
+# nested in another is subtracted from it (the hooks' recording runs inside the forward).
+PARTS = {
+    "forward to the hookpoint": [("hooks.py", "_run")],
+    "hooks: install, record, remove": [("hooks.py", "hook_sites"), ("hooks.py", "record")],
+    "finiteness checks": [("hooks.py", "check_activations_finite"), ("writer.py", "_to_storage")],
+    "masking": [("masking.py", "keep")],
+    "token metadata": [("writer.py", "_metadata")],
+    "shard writes (this thread)": [("writer.py", "add"), ("writer.py", "close")],
+    "reading + tokenising the corpus": [("corpora.py", "iter_context_batches")],
+}
+
+
+def profile(model_name: str, hookpoint: str, n_tokens: int, cfg: CaptureConfig) -> None:
+    """cProfile one capture and print the PARTS of its time (cProfile slows the Python-heavy
+    forward a little, so shares are approximate)."""
+    profiler = cProfile.Profile()
+    result = profiler.runcall(run_capture, model_name, hookpoint, n_tokens, cfg)
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+
+    def cumulative(file: str, name: str) -> float:
+        return sum(v[3] for (f, _, fn), v in stats.items() if f.endswith(file) and fn == name)
+
+    seconds = {part: sum(cumulative(*k) for k in keys) for part, keys in PARTS.items()}
+    seconds["forward to the hookpoint"] -= cumulative("hooks.py", "record")
+    seconds["other (model lookup, corpus, manifest, ...)"] = result["seconds"] - sum(
+        seconds.values()
+    )
+    n_forwards = sum(-(-c // cfg.contexts_per_forward) for c in result["contexts"].values())
+    print(
+        f"profile of one capture ({result['seconds']:.2f} s under cProfile, {n_forwards} forwards):"
+    )
+    for part, sec in seconds.items():
+        print(
+            f"  {part:44s} {sec:7.3f} s  {100 * sec / result['seconds']:5.1f}%  "
+            f"{1000 * sec / n_forwards:7.1f} ms/forward"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--hookpoint", help="default: the middle decoder layer")
-    parser.add_argument("--contexts", type=int, default=8)
-    parser.add_argument("--ctx-len", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=4, help="contexts per forward")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=8192, help="train tokens per capture")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--profile", action="store_true", help="cProfile one more capture")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    start = time.perf_counter()
-    model, tok = load_model(args.model)
-    print(f"load {args.model}: {time.perf_counter() - start:.1f} s")
+    cfg = CaptureConfig()
+    model, tokenizer = load_model_cached(args.model)
     hookpoint = args.hookpoint or default_hookpoint(model)
-    contexts = tokenize_corpus(tok, "default", args.contexts, args.ctx_len)
-    batches = [
-        (
-            contexts.input_ids[i : i + args.batch_size],
-            contexts.attention_mask[i : i + args.batch_size],
-        )
-        for i in range(0, len(contexts), args.batch_size)
-    ]
-    n_tokens = contexts.input_ids.numel()
-
-    @torch.no_grad()
-    def full(ids, am):
-        model(input_ids=ids, attention_mask=am, use_cache=False)
-
-    def hooked(ids, am):
-        capture(model, ids, am, [hookpoint])
-
-    full(*batches[0])  # warm-up (first-call allocations)
-    hooked(*batches[0])
-    times = {"full forward": [], f"capture {hookpoint}": []}
-    for _ in range(args.repeats):
-        times["full forward"].append(timed(full, batches))
-        times[f"capture {hookpoint}"].append(timed(hooked, batches))
-    medians = {k: statistics.median(v) for k, v in times.items()}
+    # warm-up: first-call allocations, the corpus files' page cache
+    run_capture(args.model, hookpoint, 1024, replace(cfg, eval_fraction=0))
+    times: dict[str, list[float]] = {"bare": [], "capture": [], "tokenize": []}
+    for _ in range(args.rounds):
+        cap = run_capture(args.model, hookpoint, args.tokens, cfg)
+        ref = bare(model, tokenizer, hookpoint, cfg, cap["contexts"])
+        times["capture"].append(cap["seconds"])
+        times["bare"].append(ref["seconds"])
+        times["tokenize"].append(ref["tokenize"])
+    n = sum(cap["contexts"].values()) * cfg.ctx_len
+    med = {k: statistics.median(v) for k, v in times.items()}
     print(
-        f"{n_tokens} tokens ({args.contexts} x {args.ctx_len}), batch {args.batch_size}, "
-        f"{args.threads} thread(s), median of {args.repeats}"
+        f"{args.model} {hookpoint}: {args.tokens} train tokens + {cfg.eval_fraction:.0%} held "
+        f"out -> {n} tokens forwarded ({cap['contexts']} contexts x {cfg.ctx_len}), "
+        f"{cfg.contexts_per_forward} contexts per forward, {args.threads} thread(s), "
+        f"median of {args.rounds} interleaved rounds"
     )
-    for name, sec in medians.items():
-        print(f"  {name:28s} {n_tokens / sec:8.0f} tokens/s  ({sec:.2f} s)")
-    full_s, capture_s = medians.values()
-    print(f"  speed-up of capture over a full forward: {full_s / capture_s:.2f}x")
+    for name in ("bare", "capture"):
+        print(f"  {name:8s} {n / med[name]:7.1f} tokens/s  ({med[name]:.2f} s)")
+    print(f"  tokenising, in both (timed on the bare side): {med['tokenize']:.2f} s")
+    ratios = [b / c for b, c in zip(times["bare"], times["capture"])]
+    print(
+        f"  capture / bare throughput: {med['bare'] / med['capture']:.3f} (ratio of medians; "
+        f"per round {', '.join(f'{r:.3f}' for r in ratios)})"
+    )
+    if args.profile:
+        profile(args.model, hookpoint, args.tokens, cfg)
 
 
 if __name__ == "__main__":

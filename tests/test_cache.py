@@ -20,7 +20,7 @@ from saekit.data.cache import (
 from saekit.data.corpora import TextListCorpus, tokenize_corpus
 from saekit.data.gradients import capture_gradients
 from saekit.data.hooks import capture
-from saekit.data.masking import token_mask
+from saekit.data.masking import Masking, token_mask
 from saekit.data.stream import ActivationStream
 
 HOOKS = ["model.layers.1", "model.layers.3"]
@@ -84,6 +84,50 @@ def test_round_trip_is_bit_exact(model, cache_dir):
     assert [s["n_tokens"] for s in entry["splits"]["train"]["shards"]] == [96] * 10 + [40]
     assert set(entry["arrays"]) == {"x", "grad", "token_ids", "doc_ids", "context_ids", "positions"}
     assert manifest["saekit_version"] and manifest["dtype"] == "float32"
+
+
+def test_cache_holds_the_plain_forward_activations(model, tmp_path):
+    """The capture path (hooks, early stop, masking, shards written on a thread) stores a
+    plain full forward's output of the layer, bit for bit, at exactly the tokens that the
+    masking rule keeps, worked out here from scratch."""
+    layer, factor, n = 1, 1.2, 300  # a low factor: a few tokens are norm outliers
+    hookpoint = f"model.layers.{layer}"
+    write_cache(
+        tmp_path,
+        model,
+        tiny_tokenizer(),
+        CORPUS,
+        [hookpoint],
+        n,
+        shard_tokens=64,
+        heldout_tokens=0,
+        ctx_len=CTX,
+        batch_size=BATCH,
+        masking=Masking(max_norm_factor=factor),
+    )
+    contexts = tokenize_corpus(tiny_tokenizer(), CORPUS, 200, CTX)
+    xs, ids, outliers = [], [], 0
+    for start in range(0, len(contexts), BATCH):
+        sub = contexts.subset(slice(start, start + BATCH))
+        assert sub.attention_mask.all()  # packed: no padding, position 0 is the first token
+        with torch.no_grad():
+            out = model(input_ids=sub.input_ids, output_hidden_states=True)
+        h = out.hidden_states[layer + 1]  # [0] is the embedding output
+        keep = ~torch.isin(sub.input_ids, torch.tensor(sub.special_ids))
+        keep[:, 0] = False
+        norms = h.norm(dim=-1)
+        within = norms <= factor * norms[keep].median()
+        outliers += int((keep & ~within).sum())
+        xs.append(h[keep & within])
+        ids.append(sub.input_ids[keep & within])
+        if sum(map(len, xs)) >= n:
+            break
+    assert outliers > 0
+    got = read_cache(tmp_path)
+    assert torch.equal(got["x"], torch.cat(xs)[:n])
+    assert torch.equal(got["token_ids"].long(), torch.cat(ids)[:n])
+    shards = load_manifest(tmp_path)["hookpoints"][hookpoint]["splits"]["train"]["shards"]
+    assert [s["n_tokens"] for s in shards] == [64] * 4 + [44]
 
 
 def test_heldout_split_comes_from_heldout_documents(cache_dir):

@@ -52,10 +52,14 @@ def get_module(model: nn.Module, hookpoint: str) -> nn.Module:
     """The module at ``hookpoint`` (a module path, or a site with its ``:in``/``:out``
     suffix); an unknown path raises UnknownHookpoint with the closest valid ones."""
     hookpoint = parse_site(hookpoint)[0]
-    modules = dict(model.named_modules())
-    if hookpoint in modules and hookpoint != "":
-        return modules[hookpoint]
-    names = [n for n in modules if n]
+    if hookpoint:
+        # a walk down the path, not a list of every module: capture looks its sites up
+        # on every forward
+        try:
+            return model.get_submodule(hookpoint)
+        except AttributeError:
+            pass
+    names = [n for n, _ in model.named_modules() if n]
     close = difflib.get_close_matches(hookpoint, names, n=5, cutoff=0.5) or names[:5]
     raise UnknownHookpoint(
         f"unknown hookpoint {hookpoint!r}; close matches: {', '.join(close)} "
@@ -338,10 +342,17 @@ def capture(
 
 def check_activations_finite(act: torch.Tensor, name: str) -> None:
     """Raise if an activation tensor holds NaN or Inf (a diverged model or an fp16 overflow)."""
-    bad = ~torch.isfinite(act)
-    if bad.any():
+    if not all_finite(act):
+        bad = ~torch.isfinite(act)
         idx = bad.nonzero()[0].tolist()
         raise FloatingPointError(
             f"non-finite activations at hookpoint {name!r}: {int(bad.sum())} values, first at "
             f"index {idx}; try float32 weights or check the model"
         )
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is finite. A NaN or Inf makes the sum non-finite, so a
+    finite sum (one reduction, ~20x cheaper than an elementwise isfinite) settles it; only
+    a non-finite sum, which may be an overflow of finite values, needs the full check."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())

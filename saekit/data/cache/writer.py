@@ -10,6 +10,7 @@ import re
 import time
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from saekit.data.gradients import NextTokenCE, capture_gradients
 from saekit.data.hooks import (
     HookPair,
     Which,
+    all_finite,
     canonical_hookpoint,
     capture,
     get_module,
@@ -54,15 +56,27 @@ def _dirname(hookpoint: str) -> str:
 
 
 class _ShardWriter:
-    """Collects per-token arrays of one hookpoint and split; writes full shards as they fill."""
+    """Collects per-token arrays of one hookpoint and split; writes full shards as they fill.
 
-    def __init__(self, out_dir: Path, hookpoint: str, split: str, shard_tokens: int, limit: int):
+    Shards are serialised, hashed and written on the ``io`` thread, overlapping the model's
+    next batches instead of stalling them. At most one shard per writer is in flight, so
+    memory stays bounded when the model outpaces the disk."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        hookpoint: str,
+        split: str,
+        shard_tokens: int,
+        limit: int,
+        io: ThreadPoolExecutor,
+    ):
         self.out_dir, self.hookpoint, self.split = out_dir, hookpoint, split
-        self.shard_tokens, self.limit = shard_tokens, limit
+        self.shard_tokens, self.limit, self.io = shard_tokens, limit, io
         self.pending: dict[str, list[torch.Tensor]] = {}
         self.n_pending = 0
         self.n_total = 0
-        self.shards: list[dict[str, Any]] = []
+        self.shards: list[Future[dict[str, Any]]] = []
 
     @property
     def full(self) -> bool:
@@ -82,7 +96,7 @@ class _ShardWriter:
     def close(self) -> list[dict[str, Any]]:
         if self.n_pending:
             self._flush(self.n_pending)
-        return self.shards
+        return [shard.result() for shard in self.shards]
 
     def _flush(self, n: int) -> None:
         joined = {k: torch.cat(v) for k, v in self.pending.items()}
@@ -90,13 +104,22 @@ class _ShardWriter:
         self.pending = {k: [v[n:].clone()] for k, v in joined.items()}
         self.n_pending -= n
         rel = f"{_dirname(self.hookpoint)}/{self.split}-{len(self.shards):05d}.safetensors"
-        data = save_safetensors({k: v[:n].contiguous() for k, v in joined.items()})
-        path = self.out_dir / rel
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        sha = hashlib.sha256(data).hexdigest()
-        self.shards.append({"file": rel, "n_tokens": n, "bytes": len(data), "sha256": sha})
+        if self.shards:
+            self.shards[-1].result()  # the previous shard is on disk (and its errors raised)
+        arrays = {k: v[:n] for k, v in joined.items()}
+        self.shards.append(self.io.submit(_write_shard, self.out_dir, rel, arrays))
+
+
+def _write_shard(out_dir: Path, rel: str, arrays: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Write one shard atomically; returns its manifest entry."""
+    data = save_safetensors({k: v.contiguous() for k, v in arrays.items()})
+    path = out_dir / rel
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    sha = hashlib.sha256(data).hexdigest()
+    n = len(next(iter(arrays.values())))
+    return {"file": rel, "n_tokens": n, "bytes": len(data), "sha256": sha}
 
 
 def write_cache(
@@ -155,11 +178,22 @@ def write_cache(
     )
     started = time.time()
     splits: dict[str, dict[str, Any]] = {}
-    for split, count in ((TRAIN, n_tokens), (HELDOUT, heldout_tokens)):
-        if count > 0:
-            splits[split] = _write_split(
-                out, model, tokenizer, corpus, hookpoints, split, count, shard_tokens, **settings
-            )
+    # one thread for the shard files (`_ShardWriter`); leaving the block waits for them
+    with ThreadPoolExecutor(max_workers=1) as io:
+        for split, count in ((TRAIN, n_tokens), (HELDOUT, heldout_tokens)):
+            if count > 0:
+                splits[split] = _write_split(
+                    out,
+                    model,
+                    tokenizer,
+                    corpus,
+                    hookpoints,
+                    split,
+                    count,
+                    shard_tokens,
+                    io,
+                    **settings,
+                )
     manifest = _manifest(model, tokenizer, hookpoints, splits, dtype, settings, started)
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
@@ -234,6 +268,7 @@ def _write_split(
     split: str,
     count: int,
     shard_tokens: int,
+    io: ThreadPoolExecutor,
     *,
     ctx_len: int,
     batch_size: int,
@@ -245,7 +280,7 @@ def _write_split(
     progress: bool,
 ) -> dict[str, Any]:
     """Stream contexts through the model until every hookpoint has ``count`` tokens."""
-    writers = {h: _ShardWriter(out, h, split, shard_tokens, count) for h in hookpoints}
+    writers = {h: _ShardWriter(out, h, split, shard_tokens, count, io) for h in hookpoints}
     batches = iter_context_batches(tokenizer, corpus, batch_size, ctx_len, split, seed)
     bar = _progress(count, f"{split} tokens") if progress else None
     n_contexts, description, widths = 0, {}, {}
@@ -300,7 +335,7 @@ def _write_split(
 
 def _to_storage(x: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
     y = x.to(dtype)
-    if not torch.isfinite(y).all():
+    if not all_finite(y):
         raise FloatingPointError(
             f"activations at {name} overflow {dtype_name(dtype)} (max |x| = "
             f"{x.abs().max().item():.4g}); store them as bf16 or fp32"
