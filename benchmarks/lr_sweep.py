@@ -18,6 +18,7 @@ fits log lr* = log c + a·log(n / 2^14) + b·log(steps / 1000) by least squares.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -52,6 +53,8 @@ def run(args) -> None:
                     for steps in args.steps:
                         for lr in args.lrs:
                             key = f"{acts.name}|{arch}|{n_latents}|{steps}|{lr:g}|{seed}"
+                            if args.train:
+                                key += "|" + _label({"train": args.train})
                             if key in done:
                                 continue
                             row = train_one(acts, arch, n_latents, steps, lr, seed, args)
@@ -63,7 +66,7 @@ def run(args) -> None:
 def train_one(acts, arch: str, n_latents: int, steps: int, lr: float, seed: int, args) -> dict:
     options = l0_options(arch, args.k)[0]
     sae = saekit.create(arch, d_in=acts.d_in, n_latents=n_latents, seed=seed, **options)
-    cfg = TrainConfig(steps=steps, lr=lr, progress_bar=False)
+    cfg = TrainConfig(steps=steps, lr=lr, progress_bar=False, **args.train)
     trainer = Trainer({arch: sae}, TensorStream(acts.train, args.batch, seed=seed), cfg)
     start = time.perf_counter()
     trainer.fit()
@@ -71,7 +74,7 @@ def train_one(acts, arch: str, n_latents: int, steps: int, lr: float, seed: int,
     return dict(
         data=acts.name, hookpoint=acts.hookpoint, d_in=acts.d_in, arch=arch, options=options,
         n_latents=n_latents, k=args.k, batch=args.batch, steps=steps, lr=lr, seed=seed,
-        seconds=seconds, **evaluate(trainer.export(trainer.members[0]), acts.held_out),
+        train=args.train, seconds=seconds, **evaluate(trainer.export(trainer.members[0]), acts.held_out),
     )  # fmt: skip
 
 
@@ -110,31 +113,41 @@ def fit_rule(cells: list[tuple[int, int, float]]) -> tuple[float, float, float]:
     return math.exp(c), a, b
 
 
-def fit(args) -> None:
-    import json
+def _label(row: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(row.get("train", {}).items()))
 
+
+def _override(text: str) -> tuple[str, object]:
+    """NAME=VALUE for a TrainConfig field, the value parsed as JSON when it parses."""
+    name, _, value = text.partition("=")
+    try:
+        return name.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return name.replace("-", "_"), value
+
+
+def fit(args) -> None:
     rows = [json.loads(line) for line in args.out.read_text().splitlines() if line]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["data"], r["arch"], r["n_latents"], r["steps"], r["seed"]), []).append(
-            r
-        )
+        cell = (r["data"], r["arch"], r["n_latents"], r["steps"], r["seed"], _label(r))
+        groups.setdefault(cell, []).append(r)
     print(
         f"Best learning rate per cell (at most {args.max_dead:.0%} dead latents on the held-out split)\n"
     )
-    print("| data | arch | latents | steps | seed | lr* | best grid lr: FVU, dead | "
+    print("| data | arch | latents | steps | seed | training overrides | lr* | best grid lr: FVU, dead | "
           "previous default lr | its FVU, dead |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---:|---|---:|---|")
+    print("|---|---|---:|---:|---:|---|---:|---|---:|---|")
     by_arch: dict[str, list[tuple[int, int, float]]] = {}
-    for (data, arch, n, steps, seed), cell in sorted(groups.items()):
+    for (data, arch, n, steps, seed, label), cell in sorted(groups.items()):
         found = best_lr(cell, args.max_dead)
         if found is None:
             continue
         lr_star, best = found
-        by_arch.setdefault(arch, []).append((n, steps, lr_star))
+        by_arch.setdefault(f"{arch} {label}".strip(), []).append((n, steps, lr_star))
         default = previous_rule(n)
         near = min(cell, key=lambda r: abs(math.log(r["lr"] / default)))
-        print(f"| {data} | {arch} | {n:,} | {steps:,} | {seed} | {lr_star:.2e} | "
+        print(f"| {data} | {arch} | {n:,} | {steps:,} | {seed} | {label or '–'} | {lr_star:.2e} | "
               f"{best['lr']:.1e}: {best['fvu']:.4f}, {best['frac_dead']:.1%} | {default:.1e} | "
               f"{near['fvu']:.4f}, {near['frac_dead']:.1%} (at {near['lr']:.1e}) |")  # fmt: skip
     print()
@@ -165,11 +178,15 @@ def main() -> None:
     r.add_argument("--k", type=int, default=32)
     r.add_argument("--batch", type=int, default=1024)
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--train", type=_override, action="append", default=[], metavar="NAME=VALUE",
+                   help="a TrainConfig field for every run (repeatable): dead_window_tokens=100000")  # fmt: skip
     f = sub.add_parser("fit")
     f.add_argument("--max-dead", type=float, default=0.01)
     for sp in (r, f):
         sp.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
+    if args.command == "run":
+        args.train = dict(args.train)
     run(args) if args.command == "run" else fit(args)
 
 

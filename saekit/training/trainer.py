@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from saekit.data.hooks import all_finite
 from saekit.data.stream import ActivationStream, Batch
 from saekit.formats import native
 from saekit.options import check_config_values, option
@@ -211,7 +212,7 @@ class Trainer:
         except StopIteration:
             raise RuntimeError(f"the activation stream ran out after {self.step} steps") from None
         self._stream_position = self.stream.state_dict()
-        if not torch.isfinite(batch.x).all():
+        if not all_finite(batch.x):
             bad = (~torch.isfinite(batch.x)).any(-1).nonzero().flatten()[:5].tolist()
             raise NonFiniteActivationsError(
                 f"NaN/Inf activations in the batch for step {self.step} (rows {bad}); "
@@ -338,17 +339,15 @@ class Trainer:
             else:
                 m.sae.after_optimizer_step()
         with phase("finite check"):
-            params = [p for p in m.sae.parameters() if p.is_floating_point()]
-            # A sum is NaN/Inf when any element is (or when finite values overflow it, which is
-            # a divergence too): one reduction per tensor instead of an elementwise pass.
-            finite = (
-                torch.isfinite(torch.stack([p.sum() for p in params])).all() if params else True
-            )
-        if not bool(finite):
             bad = next(
-                (n for n, p in m.sae.named_parameters() if not torch.isfinite(p).all()),
-                "a parameter's sum",
+                (
+                    n
+                    for n, p in m.sae.named_parameters()
+                    if p.is_floating_point() and not all_finite(p)
+                ),
+                None,
             )
+        if bad is not None:
             self._diverged(m, f"{bad} became NaN/Inf after the update")
 
     def _diverged(self, m: Member, what: str) -> None:
