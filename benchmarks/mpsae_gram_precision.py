@@ -1,9 +1,10 @@
 """How much the MP selection changes when the Gram matrix is cheaper than an exact fp32 one.
 
 The MP-SAE training step rebuilds G = D Dᵀ every step (benchmarks/mpsae_speed.py: ~40% of
-the step on a CPU). Two ways to pay less, both rejected as the default because they change
-which atoms the pursuit selects; this script measures by how much, so the choice is
-reproducible:
+the step on a CPU). Two ways to pay less, both of which change which atoms the pursuit
+selects; this script measures by how much. Whether that changes what the SAE learns is
+benchmarks/mpsae_gram_quality.py's question (the stale Gram is the `gram_refresh_every`
+option):
 
 - a bf16 Gram (AMX matmul, bf16 output; and bf16 inputs with fp32 accumulation), and
 - a stale Gram, built from the dictionary of an earlier optimiser step.

@@ -5,6 +5,7 @@ and saekit's whole MP-SAE training step against its TopK training step.
     python benchmarks/mpsae_speed.py --small      # a quick run
     python benchmarks/mpsae_speed.py --ratio-only # only the MP / TopK train-step ratio
     python benchmarks/mpsae_speed.py --ratio-only --batch 4096  # another batch size
+    python benchmarks/mpsae_speed.py --ratio-only --gram-refresh-every 4,16  # + stale Grams
 
 Each (variant, phase) runs in its own subprocess with one thread, so the peak resident memory
 (getrusage maxrss, minus the process's footprint after setup) belongs to that variant alone.
@@ -21,14 +22,18 @@ dead-latent counters; as benchmarks/train_step.py) for an MP-SAE (T = 32) and a 
 (k = 32) of the same size on the same batches, alternating rounds so that drifting machine
 load hits both, and splits the MP step into Gram build, c⁰ = r Dᵀ, pursuit steps, replay
 forward + backward and the rest (optimiser etc.). Issue target: MP step ≤ 1.5x the TopK
-step. Writes benchmarks/results/mpsae_speed.json and the `speed` section of
-benchmarks/results/mpsae.md unless --no-write.
+step. --gram-refresh-every N[,N...] adds, in the same alternation, MP-SAEs whose training
+Gram is rebuilt every N steps (the approximate mode); rounds then run a common multiple of
+the Ns steps per model, so every round holds the same share of builds. Writes benchmarks/results/mpsae_speed*.json
+and a `speed*` section of benchmarks/results/mpsae.md unless --no-write.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import os
 import resource
 import shlex
@@ -55,7 +60,7 @@ def size_spec(name: str) -> dict[str, int]:
     return {**SIZES[base], **({"batch": int(batch)} if batch else {})}
 
 
-RATIO_ROUNDS = 5  # alternating (MP, TopK) rounds of 2 steps each
+RATIO_ROUNDS = 5  # alternating rounds of 2 steps (or one Gram refresh period) per model
 # (variant, phase, untimed warm-up runs, timed runs); the naive loop is slow and its first-call
 # overheads are negligible, so one timed run.
 RUNS = [
@@ -69,11 +74,11 @@ RUNS = [
 
 def setup(size: dict[str, int], seed: int = 0):
     """A random unit-norm dictionary with a small b_pre; inputs with ‖x‖ ≈ √d_in (the
-    training scale, docs/methods.md#conventions)."""
+    training scale, docs/methods.md#conventions). Exact MP, as the naive loop."""
     from saekit.sae import create
 
     sae = create("mpsae", d_in=size["d_in"], n_latents=size["n_latents"],
-                 n_steps=size["n_steps"], seed=seed)  # fmt: skip
+                 n_steps=size["n_steps"], seed=seed, gram_refresh_every=1)  # fmt: skip
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         sae.b_dec.copy_(0.1 * torch.randn(size["d_in"], generator=g))
@@ -158,9 +163,10 @@ def _median_ms(fn: Callable[[], object], reps: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def ratio_child(size_name: str, rounds: int, out: Path) -> None:
-    """MP-SAE vs TopK Trainer.train_step (and a plain PyTorch TopK step, for scale),
-    alternating; then where the MP step's time goes."""
+def ratio_child(size_name: str, rounds: int, out: Path, refresh: tuple[int, ...] = ()) -> None:
+    """MP-SAE (exact, and with a Gram rebuilt every N steps for each N in `refresh`) vs TopK
+    Trainer.train_step (and a plain PyTorch TopK step, for scale), alternating; then where
+    the exact MP step's time goes."""
     from train_step import PlainTopK, plain_step
 
     from saekit.data.stream import Batch
@@ -170,7 +176,7 @@ def ratio_child(size_name: str, rounds: int, out: Path) -> None:
     size = size_spec(size_name)
     g = torch.Generator().manual_seed(0)
     data = [torch.randn(size["batch"], size["d_in"], generator=g) for _ in range(4)]
-    mp = _trainer("mpsae", size, n_steps=size["n_steps"])
+    mp = _trainer("mpsae", size, n_steps=size["n_steps"], gram_refresh_every=1)
     topk = _trainer("topk", size, k=size["n_steps"])
     plain = PlainTopK(size["d_in"], size["n_latents"], size["n_steps"])
     plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
@@ -179,9 +185,13 @@ def ratio_child(size_name: str, rounds: int, out: Path) -> None:
         "topk": lambda x: topk.train_step(Batch(x)),
         "plain_topk": lambda x: plain_step(plain, plain_opt, x),
     }
+    for n in refresh:
+        stale = _trainer("mpsae", size, n_steps=size["n_steps"], gram_refresh_every=n)
+        steppers[f"mpsae_gram{n}"] = functools.partial(lambda t, x: t.train_step(Batch(x)), stale)
     step = dict.fromkeys(steppers, 0)
+    per_round = math.lcm(2, *refresh)  # every round holds the same share of Gram builds
 
-    def run(name: str, n: int = 2) -> float:
+    def run(name: str, n: int = per_round) -> float:
         t0 = time.perf_counter()
         for _ in range(n):
             steppers[name](data[step[name] % 4])
@@ -247,10 +257,12 @@ def child(variant: str, phase: str, size: str, warmup: int, reps: int, out: Path
     torch.save({"times": times, "peak_mb": (peak_kb - base_kb) / 1024, **result}, out)
 
 
-def run_child(variant: str, phase: str, size: str, warmup: int, reps: int, tmp: Path) -> dict:
+def run_child(
+    variant: str, phase: str, size: str, warmup: int, reps: int, tmp: Path, extra: tuple = ()
+) -> dict:
     out = tmp / f"{variant}-{phase}.pt"
     cmd = [sys.executable, __file__, "--child", variant, phase, "--size", size,
-           "--warmup", str(warmup), "--reps", str(reps), "--out", str(out)]  # fmt: skip
+           "--warmup", str(warmup), "--reps", str(reps), "--out", str(out), *extra]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, env=env)
     return torch.load(out)
@@ -279,10 +291,17 @@ def main() -> None:
     ap.add_argument("--ratio-only", action="store_true", help="only the MP / TopK train-step ratio")
     ap.add_argument("--batch", type=int, help="override the size's batch (tokens per step)")
     ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
+    ap.add_argument(
+        "--gram-refresh-every",
+        default="",
+        metavar="N[,N...]",
+        help="also time MP-SAEs whose training Gram is rebuilt every N steps",
+    )
     args = ap.parse_args()
+    refresh = tuple(int(n) for n in args.gram_refresh_every.split(",") if n)
     if args.child:
         if args.child[0] == "ratio":
-            ratio_child(args.size, args.reps, args.out)
+            ratio_child(args.size, args.reps, args.out, refresh)
         else:
             child(*args.child, args.size, args.warmup, args.reps, args.out)
         return
@@ -294,7 +313,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for variant, phase, warmup, reps in [] if args.ratio_only else RUNS:
             results[variant, phase] = run_child(variant, phase, size, warmup, reps, Path(tmp))
-        ratio = run_child("ratio", "step", size, 0, RATIO_ROUNDS, Path(tmp))
+        extra = ("--gram-refresh-every", args.gram_refresh_every)
+        ratio = run_child("ratio", "step", size, 0, RATIO_ROUNDS, Path(tmp), extra)
     text = report_ratio(ratio, spec)
     if not args.ratio_only:
         text = report_naive(results, spec) + "\n" + text
@@ -304,11 +324,14 @@ def main() -> None:
 
         command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
         doc = {"command": command, "size": spec, "torch": torch.__version__,
+               "gram_refresh_every": refresh,
                "ratio": {"times_s": ratio["times"], "parts_ms": ratio["parts_ms"]},
                "naive": {f"{v} {p}": {"times_s": r["times"], "peak_mb": r["peak_mb"]}
                          for (v, p), r in results.items()}}  # fmt: skip
         # The issue's configuration owns `speed`; other sizes get a section of their own.
         key = "speed" if size == "full" else f"speed-{size.replace(':', '-batch')}"
+        if refresh:
+            key += "-gram" + "-".join(map(str, refresh))
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / f"mpsae_{key.replace('-', '_')}.json").write_text(
             json.dumps(doc, indent=1) + "\n"
@@ -331,8 +354,16 @@ def report_ratio(ratio: dict, spec: dict[str, int]) -> str:
         f"  TopK   (k = {T})  {tk:8.0f} ms/step  {1e3 * spec['batch'] / tk:8.0f} tokens/s",
         f"  plain PyTorch TopK loop (benchmarks/train_step.py)  {pl:.0f} ms/step",
         f"  ratio MP / TopK: {mp / tk:.2f} (issue target <= 1.5); MP / plain TopK: {mp / pl:.2f}",
-        "  where the MP step goes (ms, medians of separately timed steps; rest = step - parts):",
     ]  # fmt: skip
+    for name, times in ratio["times"].items():
+        if name.startswith("mpsae_gram"):
+            st = 1e3 * statistics.median(times)
+            lines.append(f"  MP-SAE, Gram rebuilt every {name[10:]} steps  {st:8.0f} ms/step  "
+                         f"ratio / TopK: {st / tk:.2f}")  # fmt: skip
+    lines.append(
+        "  where the exact MP step goes (ms, medians of separately timed steps; rest = step - "
+        "parts):"
+    )
     for name, ms in ratio["parts_ms"].items():
         lines.append(f"    {name:<32}{ms:8.0f}")
     return "\n".join(lines) + "\n"

@@ -1,5 +1,7 @@
 """The mpsae architecture (saekit/sae/mpsae.py)."""
 
+import pickle
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ import saekit.sae as sae_pkg
 from saekit.sae import SAE, TrainContext, create
 from saekit.sae.base import Forward
 from saekit.sae.losses import auxk_loss
-from saekit.sae.pursuit import naive_pursuit
+from saekit.sae.pursuit import gram_matrix, naive_pursuit, select_atoms
 
 
 def steps_of(sae, x, **knobs):
@@ -171,3 +173,83 @@ def test_gram_cache_follows_the_dictionary():
         fresh.load_state_dict(m.state_dict())
         torch.testing.assert_close(m.encode(x), fresh.encode(x))
         assert not torch.allclose(first, m.encode(x))
+
+
+# ---- gram_refresh_every: the training pursuit's stale Gram -----------------------------------
+def perturbed_steps(m, x, n_steps):
+    """Training forwards, each on a new dictionary (as after an optimiser step): yields
+    (the dictionary of that step, the training output)."""
+    gen = torch.Generator().manual_seed(3)
+    for t in range(n_steps):
+        if t:
+            with torch.no_grad():
+                noise = torch.randn(m.W_dec.shape, generator=gen, dtype=m.W_dec.dtype)
+                m.W_dec.add_(0.05 * noise)
+            m.after_optimizer_step()
+        yield m.W_dec.detach().clone(), m.training_forward(x, TrainContext())
+
+
+def gram_model(gram_refresh_every: int = 1, **kw):  # large enough for the Gram path
+    return model(d_in=64, n_latents=128, n_steps=8, gram_refresh_every=gram_refresh_every, **kw)
+
+
+def test_gram_refresh_every_1_selects_with_the_exact_gram_every_step():
+    m, x = gram_model(), inputs(256, d=64)
+    for D, out in perturbed_steps(m, x, 3):
+        assert torch.equal(m.selector._gram[1], gram_matrix(D))
+        exact = select_atoms(D, x - m.b_dec.detach(), 8, method="gram", gram=gram_matrix(D))
+        assert torch.equal(out.code.cols.view(256, 8), exact.indices)
+    assert set(m.state_dict()) == set(gram_model().state_dict())
+
+
+def test_stale_gram_is_the_one_built_at_the_last_refresh():
+    m, x = gram_model(gram_refresh_every=3), inputs(256, d=64)
+    built, changed = None, 0
+    for t, (D, out) in enumerate(perturbed_steps(m, x, 7)):
+        if t % 3 == 0:
+            built = gram_matrix(D)
+        assert torch.equal(m.selector._gram[1], built), t
+        sel = select_atoms(D, x - m.b_dec.detach(), 8, method="gram", gram=built)
+        assert torch.equal(out.code.cols.view(256, 8), sel.indices), t
+        exact = select_atoms(D, x - m.b_dec.detach(), 8, method="gram", gram=gram_matrix(D))
+        changed += int((sel.indices != exact.indices).any())
+    assert changed >= 2  # the stale Gram really changed selections
+    # Inference always selects with the exact Gram: the same codes as exact MP.
+    ref = gram_model()
+    ref.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("gram_")})
+    with torch.no_grad():
+        assert torch.equal(m.encode(x), ref.encode(x))
+
+
+def test_replay_gradient_is_exact_over_the_stale_selection():
+    """Autograd through the dense MP recursion along the selected indices, in fp64."""
+    m, x = gram_model(gram_refresh_every=4).double(), inputs(64, d=64, dtype=torch.float64)
+    *_, (_, out) = perturbed_steps(m, x, 3)  # the third step selects with a 2-step-old Gram
+    out.losses["mse"].backward()
+    ours = m.W_dec.grad.clone(), m.b_dec.grad.clone()
+    m.zero_grad()
+    J = out.code.cols.view(64, 8)
+    r, x_hat = x - m.b_dec, m.b_dec.expand_as(x)
+    for t in range(8):
+        onehot = torch.nn.functional.one_hot(J[:, t], 128).double()
+        atom = onehot @ m.W_dec
+        alpha = (atom * r).sum(1, keepdim=True)
+        r, x_hat = r - alpha * atom, x_hat + alpha * atom
+    (x_hat - x).pow(2).sum(-1).mean().backward()
+    torch.testing.assert_close(out.x_hat, x_hat, atol=1e-12, rtol=0)
+    assert (ours[0] - m.W_dec.grad).abs().max() < 1e-10
+    assert (ours[1] - m.b_dec.grad).abs().max() < 1e-10
+
+
+def test_stale_gram_state_travels_in_checkpoints_not_in_copies():
+    m, x = gram_model(gram_refresh_every=3), inputs(256, d=64)
+    list(perturbed_steps(m, x, 2))
+    state = m.state_dict()
+    assert int(state["gram_age"]) == 1
+    back = gram_model(gram_refresh_every=3)
+    back.load_state_dict(state)
+    a = m.training_forward(x, TrainContext()).code.cols
+    b = back.training_forward(x, TrainContext()).code.cols
+    assert torch.equal(a, b) and torch.equal(m.selector._gram[1], back.selector._gram[1])
+    copy = pickle.loads(pickle.dumps(m))  # exports and held-out probes are copies
+    assert not any(k.startswith("gram_") for k in copy.state_dict())
