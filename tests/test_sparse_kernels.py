@@ -96,3 +96,18 @@ def test_topk_training_step_is_the_same_on_both_paths(monkeypatch):
         torch.testing.assert_close(fast.losses[name], slow.losses[name])
     for name, g in fast_grads.items():
         torch.testing.assert_close(g, slow_grads[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_radial_gradient_removal(backend, dtype):
+    """g_i − ⟨g_i, d_i⟩ d_i with d_i the unit atom: what is left is orthogonal to the atom."""
+    sae = saekit.create("topk", d_in=40, n_latents=300, k=4).to(dtype)
+    sae.W_dec.grad = torch.randn(300, 40, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    W, g = sae.W_dec.detach(), sae.W_dec.grad.clone()
+    d = W / W.norm(dim=-1, keepdim=True)
+    sae.remove_parallel_decoder_grad()
+    tol = 1e-6 if dtype == torch.float32 else 1e-14
+    torch.testing.assert_close(
+        sae.W_dec.grad, g - (g * d).sum(-1, keepdim=True) * d, rtol=tol, atol=tol
+    )
+    assert float((sae.W_dec.grad * d).sum(-1).abs().max()) < tol

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from saekit.sae import native
 from saekit.sae.base import Part
 from saekit.sae.sparse import SparseCode, sparse_decode
 
@@ -66,12 +67,16 @@ class Dictionary(Part):
     @torch.no_grad()
     def remove_radial_grad(self, sae: SAE) -> None:
         """g_i ← g_i − ⟨g_i, d_i⟩ d_i, as g_i − (⟨g_i, w_i⟩ / ‖w_i‖²) w_i for the row w_i of
-        W_dec: row dots and norms, then one in-place update, with no [n_latents, d] temporary."""
+        W_dec: one pass of a C kernel on CPU, torch ops elsewhere."""
         if not self.unit_norm or sae.W_dec.grad is None:
             return
         W, g = sae.W_dec, sae.W_dec.grad
-        dots = torch.bmm(g.unsqueeze(1), W.unsqueeze(2)).view(-1)
-        scale = dots / torch.linalg.vector_norm(W, dim=-1).clamp_min(1e-8).square()
+        on_cpu = W.device.type == "cpu" and W.is_contiguous() and g.is_contiguous()
+        run = native.kernel("remove_radial", W.dtype) if on_cpu and g.dtype == W.dtype else None
+        if run is not None:
+            run(native.ptr(W.detach()), native.ptr(g), W.shape[0], W.shape[1])
+            return
+        scale = (g * W).sum(-1) / torch.linalg.vector_norm(W, dim=-1).clamp_min(1e-8).square()
         g.addcmul_(W, scale.unsqueeze(1), value=-1)
 
     @torch.no_grad()

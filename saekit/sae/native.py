@@ -149,6 +149,7 @@ def _declare(lib: ctypes.CDLL) -> None:
             P,
         ]
         getattr(lib, f"row_topk{suffix}").argtypes = [P, I, I, I, P, P]
+        getattr(lib, f"remove_radial{suffix}").argtypes = [P, P, I, I]
         getattr(lib, f"sparse_backward{suffix}").argtypes = [
             P,
             P,
@@ -166,7 +167,8 @@ def _declare(lib: ctypes.CDLL) -> None:
             P,
         ]
         for name in (
-            "mp_pursue", "mirror_upper", "mp_replay_forward", "mp_replay_backward", "row_topk"
+            "mp_pursue", "mirror_upper", "mp_replay_forward", "mp_replay_backward", "row_topk",
+            "remove_radial",
         ):  # fmt: skip
             getattr(lib, name + suffix).restype = None
         getattr(lib, f"sparse_backward{suffix}").restype = ctypes.c_int

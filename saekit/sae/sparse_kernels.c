@@ -251,3 +251,20 @@ int FN(sparse_backward)(const REAL *A, const REAL *B, const int64_t *rows, const
     }
     return 0;
 }
+
+/* g_i -= (<g_i, w_i> / ||w_i||²) w_i for the n rows of W and G [n, d]: the radial part of a
+ * unit-norm atom's gradient, removed in one pass (torch needs a product temporary, a row sum,
+ * the norms and an update; its batched dot is slow at these shapes). */
+void FN(remove_radial)(const REAL *W, REAL *G, int64_t n, int64_t d) {
+    for (int64_t r = 0; r < n; r++) {
+        const REAL *w = W + r * d;
+        REAL *g = G + r * d;
+        REAL dot = 0, sq = 0;
+        for (int64_t i = 0; i < d; i++) {
+            dot += g[i] * w[i];
+            sq += w[i] * w[i];
+        }
+        const REAL c = dot / (sq > (REAL)1e-16 ? sq : (REAL)1e-16);
+        for (int64_t i = 0; i < d; i++) g[i] -= c * w[i];
+    }
+}
