@@ -12,7 +12,7 @@ Resumable: one JSON line per run in --out; a rerun skips the runs already there.
 `fit` takes, per (data, architecture, width, budget, seed), the learning rate with the lowest
 held-out FVU among those leaving at most --max-dead of the latents dead (the optimum of a
 parabola through the best grid point and its two neighbours in log lr, when both exist), and
-fits log lr* = log c + a·log(n / 2^14) + b·log(steps / 1000) by least squares.
+fits log lr* = log c − ½·log(n / 2^14) + b·log(steps / 1000) by least squares.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def run(args) -> None:
                     for steps in args.steps:
                         for lr in args.lrs:
                             key = f"{acts.name}|{arch}|{n_latents}|{steps}|{lr:g}|{seed}"
-                            if args.train:
-                                key += "|" + _label({"train": args.train})
+                            if args.train or args.sae:
+                                key += "|" + _label({"train": {**args.train, **args.sae}})
                             if key in done:
                                 continue
                             row = train_one(acts, arch, n_latents, steps, lr, seed, args)
@@ -64,7 +64,7 @@ def run(args) -> None:
 
 
 def train_one(acts, arch: str, n_latents: int, steps: int, lr: float, seed: int, args) -> dict:
-    options = l0_options(arch, args.k)[0]
+    options = {**l0_options(arch, args.k)[0], **args.sae}
     sae = saekit.create(arch, d_in=acts.d_in, n_latents=n_latents, seed=seed, **options)
     cfg = TrainConfig(steps=steps, lr=lr, progress_bar=False, **args.train)
     trainer = Trainer({arch: sae}, TensorStream(acts.train, args.batch, seed=seed), cfg)
@@ -74,7 +74,7 @@ def train_one(acts, arch: str, n_latents: int, steps: int, lr: float, seed: int,
     return dict(
         data=acts.name, hookpoint=acts.hookpoint, d_in=acts.d_in, arch=arch, options=options,
         n_latents=n_latents, k=args.k, batch=args.batch, steps=steps, lr=lr, seed=seed,
-        train=args.train, seconds=seconds, **evaluate(trainer.export(trainer.members[0]), acts.held_out),
+        train={**args.train, **args.sae}, seconds=seconds, **evaluate(trainer.export(trainer.members[0]), acts.held_out),
     )  # fmt: skip
 
 
@@ -97,20 +97,19 @@ def best_lr(rows: list[dict], max_dead: float) -> tuple[float, dict] | None:
     return best["lr"], best
 
 
-def fit_rule(cells: list[tuple[int, int, float]]) -> tuple[float, float, float]:
-    """Least squares of log lr* on [1, log(n / 2^14), log(steps / 1000)]: (c, a, b). With a
-    single width, a is fixed at -1/2 (the width scaling of saekit's previous rule)."""
-    ys = torch.tensor([math.log(lr) for _, _, lr in cells], dtype=torch.float64)
-    logn = torch.tensor([math.log(n / 2**14) for n, _, _ in cells], dtype=torch.float64)
+def fit_rule(cells: list[tuple[int, int, float]]) -> tuple[float, float]:
+    """Least squares of log lr* − (−1/2)·log(n / 2^14) on [1, log(steps / 1000)]: (c, b) of
+    lr* = c · (n/2^14)^(-1/2) · (steps/1000)^b. The width exponent stays the previous rule's
+    (widths and data sets are confounded here); the widths' residuals test it."""
+    ys = torch.tensor(
+        [math.log(lr * math.sqrt(n / 2**14)) for n, _, lr in cells], dtype=torch.float64
+    )
     logs = torch.tensor([math.log(s / 1000) for _, s, _ in cells], dtype=torch.float64)
-    if len({n for n, _, _ in cells}) > 1:
-        X = torch.stack([torch.ones_like(ys), logn, logs], 1)
-        c, a, b = torch.linalg.lstsq(X, ys[:, None]).solution[:, 0].tolist()
-    else:
-        a = -0.5
-        X = torch.stack([torch.ones_like(ys), logs], 1)
-        c, b = torch.linalg.lstsq(X, (ys - a * logn)[:, None]).solution[:, 0].tolist()
-    return math.exp(c), a, b
+    if len({s for _, s, _ in cells}) < 2:  # one budget: no budget exponent to fit
+        return math.exp(float(ys.mean())), 0.0
+    X = torch.stack([torch.ones_like(ys), logs], 1)
+    c, b = torch.linalg.lstsq(X, ys[:, None]).solution[:, 0].tolist()
+    return math.exp(c), b
 
 
 def _label(row: dict) -> str:
@@ -135,30 +134,34 @@ def fit(args) -> None:
     print(
         f"Best learning rate per cell (at most {args.max_dead:.0%} dead latents on the held-out split)\n"
     )
-    print("| data | arch | latents | steps | seed | training overrides | lr* | best grid lr: FVU, dead | "
+    print("| data | arch | latents | steps | seed | training overrides | lr* | best grid lr: FVU, L0, dead | "
           "previous default lr | its FVU, dead |")  # fmt: skip
     print("|---|---|---:|---:|---:|---|---:|---|---:|---|")
     by_arch: dict[str, list[tuple[int, int, float]]] = {}
     for (data, arch, n, steps, seed, label), cell in sorted(groups.items()):
         found = best_lr(cell, args.max_dead)
         if found is None:
+            least = min(cell, key=lambda r: r["frac_dead"])
+            print(f"| {data} | {arch} | {n:,} | {steps:,} | {seed} | {label or '–'} | none | "
+                  f"every lr kills > {args.max_dead:.0%}; least: {least['lr']:.1e}: "
+                  f"{least['fvu']:.4f}, {least['frac_dead']:.1%} dead | | |")  # fmt: skip
             continue
         lr_star, best = found
         by_arch.setdefault(f"{arch} {label}".strip(), []).append((n, steps, lr_star))
         default = previous_rule(n)
         near = min(cell, key=lambda r: abs(math.log(r["lr"] / default)))
         print(f"| {data} | {arch} | {n:,} | {steps:,} | {seed} | {label or '–'} | {lr_star:.2e} | "
-              f"{best['lr']:.1e}: {best['fvu']:.4f}, {best['frac_dead']:.1%} | {default:.1e} | "
+              f"{best['lr']:.1e}: {best['fvu']:.4f}, L0 {best['l0']:.0f}, {best['frac_dead']:.1%} | {default:.1e} | "
               f"{near['fvu']:.4f}, {near['frac_dead']:.1%} (at {near['lr']:.1e}) |")  # fmt: skip
     print()
     for arch, cells in by_arch.items():
-        c, a, b = fit_rule(cells)
-        resid = statistics.pstdev(
-            math.log(lr / (c * (n / 2**14) ** a * (s / 1000) ** b)) for n, s, lr in cells
-        )
-        print(f"{arch}: lr* = {c:.2e} · (n/2^14)^{a:.2f} · (steps/1000)^{b:.2f}  "
-              f"({len(cells)} cells; residual sd {resid:.2f} in log lr, "
-              f"a factor {math.exp(resid):.2f})")  # fmt: skip
+        c, b = fit_rule(cells)
+        resid = [math.log(lr / (c * (n / 2**14) ** -0.5 * (s / 1000) ** b)) for n, s, lr in cells]
+        print(f"{arch}: lr* = {c:.2e} · (n/2^14)^-0.5 · (steps/1000)^{b:.2f}  ({len(cells)} cells; "
+              f"residual sd {statistics.pstdev(resid):.2f} in log lr, a factor "
+              f"{math.exp(statistics.pstdev(resid)):.2f}); residual by width: " + ", ".join(
+                  f"{n:,}: {statistics.mean(r for (w, _, _), r in zip(cells, resid) if w == n):+.2f}"
+                  for n in sorted({n for n, _, _ in cells})))  # fmt: skip
 
 
 def main() -> None:
@@ -178,6 +181,8 @@ def main() -> None:
     r.add_argument("--k", type=int, default=32)
     r.add_argument("--batch", type=int, default=1024)
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--sae", type=_override, action="append", default=[], metavar="NAME=VALUE",
+                   help="an architecture option for every run (repeatable): aux_coeff=0.25")  # fmt: skip
     r.add_argument("--train", type=_override, action="append", default=[], metavar="NAME=VALUE",
                    help="a TrainConfig field for every run (repeatable): dead_window_tokens=100000")  # fmt: skip
     f = sub.add_parser("fit")
@@ -186,7 +191,7 @@ def main() -> None:
         sp.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
     if args.command == "run":
-        args.train = dict(args.train)
+        args.train, args.sae = dict(args.train), dict(args.sae)
     run(args) if args.command == "run" else fit(args)
 
 

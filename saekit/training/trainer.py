@@ -54,7 +54,11 @@ class TrainConfig:
     # The main job's budget (README, "Why these defaults"): 1,500 steps of 1,024 tokens.
     steps: int = option(1500, "optimiser steps", lo=1)
     lr: float | None = option(
-        None, "learning rate (default 2e-4 / sqrt(n_latents / 2^14), per SAE)", lo=0, above=True
+        None,
+        "learning rate (default c / sqrt(n_latents / 2^14) per SAE: c = 5.3e-4 for the TopK "
+        "family, 2e-4 for the others)",
+        lo=0,
+        above=True,
     )
     betas: tuple[float, float] = option((0.9, 0.999), "Adam's beta1 and beta2", lo=0, hi=1)
     warmup_steps: int = option(50, "steps of linear learning-rate warm-up from 0", lo=0)
@@ -107,8 +111,21 @@ class TrainConfig:
         check_config_values(TrainConfig, {k: getattr(self, k) for k in structural})
 
 
-def default_lr(n_latents: int) -> float:
-    return 2e-4 / math.sqrt(n_latents / 2**14)
+# The default learning rate is c / sqrt(n_latents / 2^14). benchmarks/lr_sweep.py
+# (benchmarks/RESULTS.md, "Learning rate") trained TopK on SmolLM2 layer 15 and Gemma-3
+# layer 12 at 2,304-5,120 latents for 300-1,500 steps of 1,024 tokens: the lowest held-out
+# FVU with at most 1% dead latents came at 1e-3 for 4,608-5,120 latents at every budget
+# (higher rates kill 2-20% of the latents, and neither a 10x shorter dead window nor an 8x
+# AuxK weight revives them), so c does not depend on the budget; BatchTopK agreed. The
+# previous c, 2e-4, was fitted to long GPU runs and cost 5-25% FVU at these budgets. It stays
+# for the coders the sweep did not settle: where the L0 follows the rate (JumpReLU, ReLU,
+# Gated, top-AFA) held-out FVU alone cannot choose it.
+LR_AT_16K = {arch: 5.3e-4 for arch in ("topk", "batchtopk", "matryoshka", "abstopk", "gsae")}
+PREVIOUS_LR_AT_16K = 2e-4
+
+
+def default_lr(n_latents: int, architecture: str = "topk") -> float:
+    return LR_AT_16K.get(architecture, PREVIOUS_LR_AT_16K) / math.sqrt(n_latents / 2**14)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -199,7 +216,7 @@ class Trainer:
         counters = torch.zeros(sae.n_latents, dtype=torch.int64, device=self.device)
         if not sae.learns_by_gradient:
             return Member(name, sae, None, None, counters)
-        lr = self.cfg.lr if self.cfg.lr is not None else default_lr(sae.n_latents)
+        lr = self.cfg.lr if self.cfg.lr is not None else default_lr(sae.n_latents, sae.architecture)
         opt = make_optimizer(self.cfg.optimizer, sae.parameters(), lr=lr, betas=self.cfg.betas)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, self.cfg))
         return Member(name, sae, opt, sched, counters)
