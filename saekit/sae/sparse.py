@@ -120,7 +120,7 @@ class _SelectedPreActivations(torch.autograd.Function):
             grad_b.index_add_(0, cols, grad)
         native_grads = sparse_backward(
             W_enc, x_centered, rows, cols, grad,
-            grad_a=ctx.needs_input_grad[1], grad_b=ctx.needs_input_grad[0],
+            need_a=ctx.needs_input_grad[1], need_b=ctx.needs_input_grad[0],
         )  # fmt: skip
         if native_grads is not None:
             grad_w, grad_x, _ = native_grads
@@ -151,14 +151,14 @@ class _SparseDecode(torch.autograd.Function):
         values, W_dec, rows, cols = ctx.saved_tensors
         grad_w, _, grad_values = sparse_backward(
             W_dec, grad_out, rows, cols, values,
-            grad_a=ctx.needs_input_grad[1], dots=ctx.needs_input_grad[0],
+            need_a=ctx.needs_input_grad[1], need_dots=ctx.needs_input_grad[0],
         )  # fmt: skip
         return grad_values, grad_w, None, None, None
 
 
 def sparse_backward(
     A: torch.Tensor, B: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-    coef: torch.Tensor, grad_a: bool = False, grad_b: bool = False, dots: bool = False,
+    coef: torch.Tensor, need_a: bool = False, need_b: bool = False, need_dots: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None] | None:  # fmt: skip
     """For entries e = (rows[e], cols[e]) with coefficients coef[e]: (grad_A, grad_B, dots) with
     grad_A[cols[e]] += coef[e]·B[rows[e]], grad_B[rows[e]] += coef[e]·A[cols[e]] and
@@ -169,9 +169,9 @@ def sparse_backward(
         return None
     A, B, coef = A.detach().contiguous(), B.detach().contiguous(), coef.detach().contiguous()
     rows, cols = rows.contiguous(), cols.contiguous()
-    out_a = torch.zeros_like(A) if grad_a else None
-    out_b = torch.zeros_like(B) if grad_b else None
-    out_dots = coef.new_empty(coef.shape) if dots else None
+    out_a = torch.zeros_like(A) if need_a else None
+    out_b = torch.zeros_like(B) if need_b else None
+    out_dots = coef.new_empty(coef.shape) if need_dots else None
     n_a, n_b, d = A.shape[0], B.shape[0], A.shape[1]
 
     def part(start: int, stop: int, worker: int) -> None:
