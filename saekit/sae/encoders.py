@@ -37,10 +37,13 @@ class PreActivations:
     def _compute(self) -> torch.Tensor:
         with phase("encoder matmul"):
             out = self.x @ self.W.T
-        if self.b is not None:
-            # In place: a second [batch, n_latents] buffer costs more than the add (fresh
-            # pages); the product's backward does not need its output.
-            out += self.b
+        if self.b is None:
+            return out
+        if out.dtype != self.b.dtype:  # a bf16 product under autocast: promoted, as before
+            return out + self.b
+        # In place: a second [batch, n_latents] buffer costs more than the add (fresh pages);
+        # the product's backward does not need its output.
+        out += self.b
         return out
 
     def full(self) -> torch.Tensor:
