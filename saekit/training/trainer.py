@@ -124,7 +124,7 @@ LR_AT_16K = {arch: 5.3e-4 for arch in ("topk", "batchtopk", "matryoshka", "absto
 PREVIOUS_LR_AT_16K = 2e-4
 
 
-def default_lr(n_latents: int, architecture: str = "topk") -> float:
+def default_lr(n_latents: int, architecture: str) -> float:
     return LR_AT_16K.get(architecture, PREVIOUS_LR_AT_16K) / math.sqrt(n_latents / 2**14)
 
 
