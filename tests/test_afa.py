@@ -141,3 +141,21 @@ def test_afa_group_through_saekit_eval(tmp_path):
     assert len(afa["zf_sample"]["input_norm"]) == len(afa["zf_sample"]["code_norm"]) == 512
     # h − 1 ≤ k = 4 < p − 1 = 127 on every token, so the width form is the smaller
     assert afa["median_eps_lbo_width"] < afa["median_eps_lbo_active"]
+
+
+def test_a_standardised_sae_is_diagnosed_on_the_tokens_its_coder_reads():
+    """A per-token standardised SAE codes (x − mean)/std: its ε_LBO and norm ratio on raw x
+    are those of the same weights without standardisation on the standardised tokens, not
+    of raw tokens whose norm is ~20x the code's."""
+    from saekit.sae.standardise import standardise
+
+    gen = torch.Generator().manual_seed(0)
+    x = 7 + 20 * torch.randn(128, 16, generator=gen)
+    std_sae = saekit.create("topk", d_in=16, n_latents=32, k=4, standardise_tokens=True, seed=1)
+    plain = saekit.create("topk", d_in=16, n_latents=32, k=4, seed=1)
+    plain.load_state_dict(std_sae.state_dict())
+    _, got = afa_diagnostic(std_sae, x)
+    _, want = afa_diagnostic(plain, standardise(x)[0])
+    for key in ("median_eps_lbo_width", "median_norm_ratio", "frac_over_activated"):
+        assert got[key] == pytest.approx(want[key], rel=1e-5), key
+    assert 0.2 < got["median_norm_ratio"] < 5  # raw tokens would give ~0.05

@@ -140,7 +140,9 @@ def afa_diagnostic(
         xb = x[start : start + batch_size].float()
         eb = {k: v[start : start + batch_size] for k, v in (extras or {}).items()}
         codes, batch_stats = sae.encode_with_stats(xb, eb, **knobs)
-        parts.append(afa_quantities(xb, codes, sae.W_dec, sae.b_dec))
+        # The code lives where the coder reads x: a standardised SAE's code is compared with
+        # the standardised token, not the raw one.
+        parts.append(afa_quantities(sae.coder_input(xb)[0], codes, sae.W_dec, sae.b_dec))
         stats.append(batch_stats)
     if not parts:
         raise ValueError("no tokens")

@@ -1,0 +1,156 @@
+"""What the seed-paper claim scripts share (benchmarks/claims_*.py, issue #14): one Trainer per
+seed for every SAE of that seed (same batches), one JSON line per (seed, SAE) so a rerun
+skips what is done, 95% intervals over seeds, and tables and figures written into
+benchmarks/RESULTS.md and docs/ between markers, so a rerun replaces its own section.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from architectures import append
+
+from saekit.training.trainer import TrainConfig, Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
+DOCS = ROOT / "docs"
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (n seeds - 1).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def rows_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def interval(values: Iterable[float | None]) -> tuple[float, float] | None:
+    """(mean, half-width of the 95% t-interval over seeds); half-width nan for one seed."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return None
+    if len(vals) == 1:
+        return vals[0], math.nan
+    return statistics.fmean(vals), T95.get(len(vals) - 1, 1.96) * statistics.stdev(vals) / math.sqrt(len(vals))
+
+
+def ci_text(values: Iterable[float | None], spec: str = ".4f", scale: float = 1.0) -> str:
+    got = interval(values)
+    if got is None:
+        return "–"
+    mean, half = got
+    if math.isnan(half):
+        return f"{scale * mean:{spec}}"
+    return f"{scale * mean:{spec}} ± {scale * half:{spec.lstrip('+')}}"
+
+
+def train_seed(
+    saes: dict, stream, cfg: TrainConfig
+) -> tuple[dict[str, tuple[object, float]], float]:
+    """Train every SAE on the same batches: ({name: (trained SAE, dead fraction at the end
+    of training)}, seconds)."""
+    start = time.perf_counter()
+    trainer = Trainer(saes, stream, cfg)
+    trainer.fit()
+    seconds = time.perf_counter() - start
+    out = {}
+    for m in trainer.members:
+        dead = float((m.tokens_since_fired >= cfg.dead_window_tokens).float().mean())
+        out[m.name] = (trainer.export(m), dead)
+    return out, seconds
+
+
+def run_seeds(
+    out: Path,
+    seeds: Iterable[int],
+    train: Callable[[int], tuple[dict[str, tuple[object, float]], float]],
+    evaluate: Callable[[str, object, float, int], dict],
+) -> None:
+    """For each seed not yet in `out`: train(seed), then one row per SAE from
+    evaluate(name, sae, dead, seed), all appended once the seed is done."""
+    done = {r["seed"] for r in rows_of(out)}
+    for seed in seeds:
+        if seed in done:
+            print(f"seed {seed}: done", flush=True)
+            continue
+        print(f"seed {seed}: training", flush=True)
+        trained, seconds = train(seed)
+        print(f"seed {seed}: trained {len(trained)} SAEs in {seconds:.0f} s", flush=True)
+        rows = []
+        for name, (sae, dead) in trained.items():
+            start = time.perf_counter()
+            row = {"seed": seed, "name": name, "train_seconds": seconds, **evaluate(name, sae, dead, seed)}
+            row["eval_seconds"] = time.perf_counter() - start
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        for row in rows:  # the seed lands whole or not at all
+            append(out, row)
+
+
+def write_section(path: Path, name: str, text: str) -> None:
+    """Replace the text between `<!-- name -->` and `<!-- /name -->` in path (append the
+    marked section if it is not there yet)."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    old = path.read_text() if path.exists() else ""
+    if start in old and end in old:
+        head, rest = old.split(start, 1)
+        new = head + block + rest.split(end, 1)[1]
+    else:
+        new = old.rstrip() + ("\n\n" if old else "") + block + "\n"
+    path.write_text(new)
+
+
+def markdown(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+
+
+def pareto_plot(
+    path: Path,
+    panels: list[tuple[str, str]],
+    series: dict[str, list[dict]],
+    title: str,
+    x: str = "l0",
+    logx: bool = True,
+) -> None:
+    """One panel per (metric key, axis label): every series' seed-mean against mean `x`,
+    with 95% interval bars over seeds. series: {label: rows}; rows of one point share
+    row["point"]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        for name, rows in series.items():
+            points = sorted({r["point"] for r in rows}, key=str)
+            xs, ys, es = [], [], []
+            for p in points:
+                pr = [r for r in rows if r["point"] == p]
+                xi, yi = interval(r[x] for r in pr), interval(r.get(key) for r in pr)
+                if xi is None or yi is None:
+                    continue
+                xs.append(xi[0])
+                ys.append(yi[0])
+                es.append(0.0 if math.isnan(yi[1]) else yi[1])
+            order = sorted(range(len(xs)), key=xs.__getitem__)
+            ax.errorbar([xs[i] for i in order], [ys[i] for i in order], yerr=[es[i] for i in order],
+                        marker="o", capsize=3, label=name)  # fmt: skip
+        ax.set_xlabel("mean L0" if x == "l0" else x)
+        ax.set_ylabel(label)
+        if logx:
+            ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
