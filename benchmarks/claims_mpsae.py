@@ -1,0 +1,211 @@
+"""MP-SAE on a real model (issue #14, question 3; Costa et al.'s claims: higher fidelity than
+TopK at equal L0, adaptive sparsity at inference, less feature absorption).
+
+    python benchmarks/claims_mpsae.py run --cache runs/bench/mainjob/activations
+    python benchmarks/claims_mpsae.py absorption
+    python benchmarks/claims_mpsae.py report
+
+`run`: per seed, one Trainer trains MP-SAE at every T in --l0 (pursuit steps) and TopK,
+BatchTopK and Matryoshka at k = T, on the same batches, each at its default learning rate;
+each SAE is evaluated as `saekit eval -g core,spliced` does (held-out FVU and L0, spliced CE
+score) and saved under --saes/seed<N>/<name> for the absorption pass. The first seed's MP-SAE
+and TopK at L0 --curve-at also get the `adaptive` group (error against inference budget).
+`absorption`: SAEBench's first-letter absorption (`saekit eval -g absorption`) of every saved
+SAE, the letter probe fitted once per model. One JSON line per (seed, SAE) in --out and in
+--absorption-out; reruns skip the seeds already there. `report` writes the tables into
+benchmarks/RESULTS.md and the figures docs/claims_mpsae.png and docs/claims_mpsae_adaptive.png.
+With --cache on the Gemma-3 cache, --model gemma3-270m and its own --out, the same commands
+give the Gemma confirmation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from claims import DOCS, RESULTS_MD, ci_text, markdown, pareto_plot, rows_of, run_seeds, train_seed, write_section
+
+import saekit
+from saekit.data import open_stream
+from saekit.evaluation.evaluate import EvalSettings, ModelSource, evaluate_sae
+from saekit.formats import native
+from saekit.training.trainer import TrainConfig
+
+RESULTS = Path(__file__).parent / "results"
+ARCHS = {"mpsae": "n_steps", "topk": "k", "batchtopk": "k", "matryoshka": "k"}
+LABELS = {"mpsae": "MP-SAE", "topk": "TopK", "batchtopk": "BatchTopK", "matryoshka": "Matryoshka"}
+
+
+def run(args) -> None:
+    source = ModelSource(args.model, args.hookpoint)
+    shared: dict = {}
+
+    def train(seed: int):
+        stream = open_stream(f"cache:{args.cache}", args.batch, seed=seed)
+        saes = {
+            f"{arch}|{l0}": saekit.create(arch, d_in=stream.d_in, n_latents=args.n_latents, seed=seed,
+                                          **{knob: l0})  # fmt: skip
+            for l0 in args.l0
+            for arch, knob in ARCHS.items()
+        }
+        cfg = TrainConfig(steps=args.steps, progress_bar=False, dead_window_tokens=args.dead_window)
+        return train_seed(saes, stream, cfg)
+
+    def evaluate(name: str, sae, dead: float, seed: int) -> dict:
+        arch, l0 = name.split("|")
+        curve = seed == args.seeds[0] and int(l0) == args.curve_at and arch in ("mpsae", "topk")
+        groups = ("core", "spliced", "adaptive") if curve else ("core", "spliced")
+        settings = EvalSettings(groups=groups, n_tokens=args.eval_tokens,
+                                spliced_contexts=args.contexts)  # fmt: skip
+        held_out = open_stream(f"cache:{args.cache}", 4096, seed=0, split="heldout")
+        doc = evaluate_sae(sae, held_out, settings, source=source, shared=shared, name=name)
+        native.save(sae, args.saes / f"seed{seed}" / name.replace("|", "-"))
+        row = dict(
+            arch=arch, target_l0=int(l0), fvu=doc["core"]["fvu"], l0=doc["core"]["l0"],
+            frac_dead=dead, frac_dead_held_out=doc["core"]["frac_dead"],
+            ce_score=doc["spliced"]["ce_loss_score"], delta_ce=doc["spliced"]["delta_ce"],
+            steps=args.steps, batch=args.batch, n_latents=args.n_latents, model=args.model,
+        )  # fmt: skip
+        if curve:
+            row["adaptive"] = [{"value": p["value"], "l0": p["l0"], "fvu": p["fvu"]}
+                               for p in doc["adaptive"]["points"]]  # fmt: skip
+        return row
+
+    run_seeds(args.out, args.seeds, train, evaluate)
+
+
+def absorption(args) -> None:
+    from saekit.evaluation.absorption import FirstLetterTask, absorption_scores
+
+    rows = rows_of(args.out)
+    done = {(r["seed"], r["name"]) for r in rows_of(args.absorption_out)}
+    model, tokenizer = ModelSource(args.model, args.hookpoint).load()
+    task = None
+    for row in rows:
+        if (row["seed"], row["name"]) in done:
+            continue
+        if task is None:
+            task = FirstLetterTask.build(model, tokenizer, args.hookpoint)
+        sae = native.load(args.saes / f"seed{row['seed']}" / row["name"].replace("|", "-"))
+        got = absorption_scores(task, sae)
+        out = {"seed": row["seed"], "name": row["name"], "arch": row["arch"],
+               "target_l0": row["target_l0"], **{k: v for k, v in got.items() if k != "letters"}}  # fmt: skip
+        print(out, flush=True)
+        with open(args.absorption_out, "a") as fh:
+            fh.write(json.dumps(out) + "\n")
+
+
+def report(args) -> None:
+    rows = rows_of(args.out)
+    if not rows:
+        raise SystemExit(f"no rows in {args.out}: run first")
+    seeds = sorted({r["seed"] for r in rows})
+    first = rows[0]
+    absorbed = rows_of(args.absorption_out)
+    body = []
+    for l0 in sorted({r["target_l0"] for r in rows}):
+        base = {r["seed"]: r for r in rows if r["target_l0"] == l0 and r["arch"] == "topk"}
+        for arch in ARCHS:
+            sel = [r for r in rows if r["target_l0"] == l0 and r["arch"] == arch]
+            if not sel:
+                continue
+            paired = [r["fvu"] - base[r["seed"]]["fvu"] for r in sel if r["seed"] in base]
+            ab = [a for a in absorbed if a["target_l0"] == l0 and a["arch"] == arch]
+            body.append([
+                str(l0), LABELS[arch], str(len(sel)), ci_text((r["l0"] for r in sel), ".1f"),
+                ci_text((r["fvu"] for r in sel), ".4f"),
+                "–" if arch == "topk" else ci_text(paired, "+.4f"),
+                ci_text((r["ce_score"] for r in sel), ".4f"),
+                ci_text((r["frac_dead"] for r in sel), ".1f", 100) + "%",
+                ci_text((a.get("mean_absorption_fraction") for a in ab), ".3f"),
+                ci_text((a.get("full_absorption_rate") for a in ab), ".3f"),
+                ci_text((a.get("mean_split_features") for a in ab), ".2f"),
+            ])  # fmt: skip
+    table = markdown(
+        ["T or k", "SAE", "seeds", "mean L0", "FVU", "FVU − TopK's, paired", "CE score", "dead",
+         "absorption fraction", "full absorption", "split features"],
+        body,
+    )  # fmt: skip
+    tokens = first["steps"] * first["batch"]
+    name = "SmolLM2-135M layer 15" if first["model"] == "default" else f"{first['model']} {args.hookpoint}"
+    series = {LABELS[a]: [{**r, "point": r["target_l0"]} for r in rows if r["arch"] == a] for a in ARCHS}
+    figure = args.figure or DOCS / "claims_mpsae.png"
+    pareto_plot(figure, [("fvu", "held-out FVU"), ("ce_score", "CE score")],
+                {k: v for k, v in series.items() if v},
+                f"MP-SAE vs the TopK family, {name}, {tokens:,} tokens, {len(seeds)} seeds "
+                "(95% intervals)")  # fmt: skip
+    text = (
+        f"{name}; seeds {', '.join(map(str, seeds))}; {first['n_latents']:,} latents; "
+        f"{first['steps']} steps x {first['batch']:,} tokens ({tokens:,} tokens); each SAE at its "
+        "default learning rate. Mean ± 95% t-interval over seeds; the paired column is the "
+        f"FVU minus TopK's at the same T = k and seed.\n\n{table}\n\n"
+        f"![MP-SAE vs the TopK family](../docs/{figure.name})\n"
+    )
+    curves = [r for r in rows if "adaptive" in r]
+    if curves:
+        text += "\n" + adaptive_text(curves)
+    write_section(RESULTS_MD, args.section, text)
+    print(text)
+
+
+def adaptive_text(curves: list[dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    body = []
+    for r in curves:
+        pts = r["adaptive"]
+        ax.plot([p["l0"] for p in pts], [p["fvu"] for p in pts], marker="o",
+                label=f"{LABELS[r['arch']]}, trained at {r['target_l0']}")  # fmt: skip
+        shown = [p for p in pts if p["value"] & (p["value"] - 1) == 0]  # powers of two
+        body.append([LABELS[r["arch"]]] + [f"{p['fvu']:.3f} (L0 {p['l0']:.0f})" for p in shown])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("inference budget: realised mean L0")
+    ax.set_ylabel("held-out FVU")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(DOCS / "claims_mpsae_adaptive.png", dpi=110)
+    plt.close(fig)
+    budgets = [str(p["value"]) for p in curves[0]["adaptive"] if p["value"] & (p["value"] - 1) == 0]
+    table = markdown(["SAE (one seed)"] + [f"budget {b}" for b in budgets], body)
+    return (
+        "Adaptive sparsity (`saekit eval -g adaptive`): held-out FVU when the inference budget "
+        "(MP pursuit steps, TopK's k) moves away from the training one.\n\n"
+        f"{table}\n\n![adaptive sparsity](../docs/claims_mpsae_adaptive.png)\n"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("mode", choices=["run", "absorption", "report"])
+    p.add_argument("--cache", type=Path, default=Path("runs/bench/mainjob/activations"))
+    p.add_argument("--model", default="default")
+    p.add_argument("--hookpoint", default="model.layers.15")
+    p.add_argument("--l0", type=lambda s: [int(v) for v in s.split(",")], default=[8, 16, 32, 64])
+    p.add_argument("--curve-at", type=int, default=16)
+    p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
+    p.add_argument("--n-latents", type=int, default=2304)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--dead-window", type=int, default=200_000)
+    p.add_argument("--eval-tokens", type=int, default=8192)
+    p.add_argument("--contexts", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--saes", type=Path, default=Path("runs/claims_mpsae"))
+    p.add_argument("--out", type=Path, default=RESULTS / "claims_mpsae.jsonl")
+    p.add_argument("--absorption-out", type=Path, default=RESULTS / "claims_mpsae_absorption.jsonl")
+    p.add_argument("--section", default="claims-mpsae", help="marker of the RESULTS.md section")
+    p.add_argument("--figure", type=Path, help="default docs/claims_mpsae.png")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    {"run": run, "absorption": absorption, "report": report}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
