@@ -19,8 +19,8 @@ from saekit.cli.common import (
 from saekit.data.splits import SPLITS
 
 GROUP_HELP = (
-    "comma-separated metric groups: core, synthetic, spliced, adaptive, probing, afa, "
-    "steering, interp, or 'all' (default: core,synthetic,spliced,adaptive; groups that do "
+    "comma-separated metric groups: core, synthetic, spliced, adaptive, probing, absorption, "
+    "afa, steering, interp, or 'all' (default: core,synthetic,spliced,adaptive; groups that do "
     "not apply are skipped with a reason)"
 )
 
@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "eval",
         help="evaluate SAE directories (reconstruction, CE/KL, adaptive sparsity, AFA, "
-        "steering, probing, proxies)",
+        "steering, probing, absorption, proxies)",
         description="Evaluate SAEs and write one eval JSON per SAE (schema: docs/eval-schema.md) "
         "into each SAE directory as eval.json (or all into --out), then print the tables. "
         "Model-based groups load the SAE's model once for all SAEs. A g-SAE is evaluated in "
@@ -111,6 +111,14 @@ def add_parser(sub) -> None:
         default=1024,
         help="max test prompts per task (sae-probes uses 5000; default 1024)",
     )
+    p.add_argument(
+        "--absorption-words",
+        type=positive_int,
+        default=2000,
+        help="absorption: letter-only tokens drawn for the first-letter task; the LM reads one "
+        "prompt of ~10 lines per word (default 2000, ~4 min for SmolLM2 layer 15 on one CPU "
+        "thread)",
+    )
     p.add_argument("--interp-contexts", type=positive_int, default=64)
     p.add_argument(
         "--interp-latents", type=positive_int, default=64, help="latents sampled for proxies"
@@ -176,6 +184,7 @@ def eval_settings(args):
         kappa=args.kappa,
         interp_contexts=args.interp_contexts,
         interp_latents=args.interp_latents,
+        absorption_words=args.absorption_words,
         seed=args.seed,
         probe=probe_settings(args),
     )

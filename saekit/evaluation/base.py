@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from saekit.evaluation.probing import ProbeSettings
 
 # Run order: core first, it keeps the held-out sample and densities later groups read.
-GROUPS = ("core", "synthetic", "spliced", "adaptive", "probing", "afa", "steering", "interp")
+GROUPS = (
+    "core", "synthetic", "spliced", "adaptive", "probing", "absorption", "afa", "steering", "interp",
+)  # fmt: skip
 DEFAULT_GROUPS = ("core", "synthetic", "spliced", "adaptive")
 
 # How spliced CE/KL choose the positions they replace and score (docs/eval-schema.md).
@@ -66,6 +68,8 @@ class EvalSettings:
     steer_max_position: int = 24
     interp_contexts: int = 64
     interp_latents: int = 64
+    absorption_words: int = 2000  # letter-only tokens drawn for the first-letter task
+    absorption_icl: int = 10  # in-context example lines before each word
     seed: int = 0
     probe: ProbeSettings = field(default_factory=_default_probe_settings)
 

@@ -6,6 +6,7 @@ Groups (each a function in its own module, run in this order):
   spliced    CE/KL with the SAE spliced into the LM, every inference variant (spliced.py)
   adaptive   error vs inference L0 for SAEs whose sparsity can be set at inference
   probing    k-sparse probing on the sae-probes binary tasks
+  absorption first-letter feature absorption (absorption.py)
   afa        code norm vs input norm, ε_LBO (afa.py)
   steering   next-token effect of adding decoder atoms (steering_effect.py)
   interp     LLM-free interpretability proxies
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from saekit.data.stream import ActivationStream
+from saekit.evaluation.absorption import absorption_group
 from saekit.evaluation.adaptive import adaptive_group
 from saekit.evaluation.afa import afa_group
 from saekit.evaluation.base import (
@@ -54,6 +56,7 @@ GROUP_FUNCTIONS: dict[str, Callable[[EvalRun], dict[str, Any]]] = {
     "spliced": spliced_group,
     "adaptive": adaptive_group,
     "probing": probing_group,
+    "absorption": absorption_group,
     "afa": afa_group,
     "steering": steering_group,
     "interp": interp_group,

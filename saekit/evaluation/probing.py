@@ -278,13 +278,15 @@ def fit_logistic(
     penalty: str = "l1",
     max_iter: int = 1000,
     init: tuple[np.ndarray, float] | None = None,
+    sample_weight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
-    """argmin_w,b  C·Σ_i log(1 + exp(−s_i (x_i·w + b))) + R(w), s_i = 2y_i − 1,
+    """argmin_w,b  C·Σ_i v_i log(1 + exp(−s_i (x_i·w + b))) + R(w), s_i = 2y_i − 1,
     R = ‖w‖₁ (penalty "l1") or ½‖w‖² ("l2"); the intercept is not penalised (sklearn's
     convention, so C means the same). X [n, k], y [n] in {0, 1} -> (w [k], b).
 
     L1 is solved exactly as a smooth bound-constrained problem in (w⁺, w⁻ ≥ 0). `init`
-    (w, b) warm-starts the solver, e.g. from the solution at the previous C of a path."""
+    (w, b) warm-starts the solver, e.g. from the solution at the previous C of a path.
+    sample_weight: v [n] (default 1), e.g. sklearn's class_weight="balanced"."""
     X = np.ascontiguousarray(X, dtype=np.float64)
     s = 2.0 * np.asarray(y, dtype=np.float64) - 1.0
     n, k = X.shape
@@ -292,11 +294,14 @@ def fit_logistic(
     # The products run in torch, which obeys torch.set_num_threads: numpy's OpenBLAS starts
     # its own thread pool, and on a shared CPU that made each fit ~100x slower.
     Xt, st = torch.from_numpy(X), torch.from_numpy(s)
+    vt = torch.ones(n, dtype=torch.float64)
+    if sample_weight is not None:
+        vt = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64))
 
     def data_term(w: np.ndarray, b: float) -> tuple[float, np.ndarray, float]:
         margin = st * (Xt @ torch.from_numpy(w) + b)
-        loss = torch.nn.functional.softplus(-margin).sum().item()
-        dm = -st * torch.sigmoid(-margin)  # d loss / d (x·w + b)
+        loss = (vt * torch.nn.functional.softplus(-margin)).sum().item()
+        dm = -vt * st * torch.sigmoid(-margin)  # d loss / d (x·w + b)
         return C * loss, C * (Xt.T @ dm).numpy(), C * dm.sum().item()
 
     if penalty == "l1":

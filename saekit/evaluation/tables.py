@@ -124,6 +124,15 @@ STEERING = [
     Column("Δlogit/α (median)", ("steering", "median_logit_shift_per_norm"), ".4f"),
 ]
 
+ABSORPTION = [
+    Column("letters kept", ("absorption", "n_letters_kept"), "d"),
+    Column("words", ("absorption", "n_words"), "d"),
+    Column("probe acc.", ("absorption", "probe_test_accuracy"), ".3f"),
+    Column("absorption", ("absorption", "mean_absorption_fraction_score"), ".3f"),
+    Column("full absorption", ("absorption", "mean_full_absorption_score"), ".3f"),
+    Column("split features", ("absorption", "mean_num_split_features"), ".2f"),
+]
+
 
 # ---- one row per spliced variant --------------------------------------------------------------
 
@@ -208,7 +217,11 @@ def eval_tables(docs: Mapping[str, Row]) -> list[tuple[str, Table]]:
     variants = spliced_rows(docs)
     if any(r.get("mode") for r in variants.values()):
         tables.append(("spliced variants", build(variants, SPLICED)))
-    for title, section, columns in (("afa", "afa", AFA), ("steering", "steering", STEERING)):
+    for title, section, columns in (
+        ("absorption", "absorption", ABSORPTION),
+        ("afa", "afa", AFA),
+        ("steering", "steering", STEERING),
+    ):
         have = {n: d for n, d in docs.items() if d.get(section)}
         if have:
             tables.append((title, build(have, columns)))
@@ -219,6 +232,7 @@ def eval_tables(docs: Mapping[str, Row]) -> list[tuple[str, Table]]:
 
 
 __all__ = [
+    "ABSORPTION",
     "ADAPTIVE",
     "AFA",
     "RUN_SUMMARY",
