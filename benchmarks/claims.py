@@ -6,6 +6,7 @@ benchmarks/RESULTS.md and docs/ between markers, so a rerun replaces its own sec
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import statistics
@@ -26,7 +27,44 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
 
 
 def rows_of(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line]
+        if path.exists()
+        else []
+    )
+
+
+def finished_rows(path: Path) -> tuple[list[dict], list[int], dict]:
+    """(rows, their seeds, the first row) of a run's output; exits if there is none yet."""
+    rows = rows_of(path)
+    if not rows:
+        raise SystemExit(f"no rows in {path}: run first")
+    return rows, sorted({r["seed"] for r in rows}), rows[0]
+
+
+def ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def parser(
+    doc: str, modes: list[str], cache: str, steps: int, out: Path
+) -> argparse.ArgumentParser:
+    """The options every claim script shares (SmolLM2-135M layer 15, 2,304 latents, 3 seeds)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("mode", choices=modes)
+    p.add_argument("--cache", type=Path, default=Path(cache))
+    p.add_argument("--model", default="default")
+    p.add_argument("--hookpoint", default="model.layers.15")
+    p.add_argument("--seeds", type=ints, default=[0, 1, 2])
+    p.add_argument("--n-latents", type=int, default=2304)
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--dead-window", type=int, default=200_000, help="tokens without firing: dead")
+    p.add_argument("--eval-tokens", type=int, default=8192, help="held-out tokens for core")
+    p.add_argument("--contexts", type=int, default=16, help="held-out contexts for spliced CE")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=out)
+    return p
 
 
 def interval(values: Iterable[float | None]) -> tuple[float, float] | None:
@@ -36,7 +74,9 @@ def interval(values: Iterable[float | None]) -> tuple[float, float] | None:
         return None
     if len(vals) == 1:
         return vals[0], math.nan
-    return statistics.fmean(vals), T95.get(len(vals) - 1, 1.96) * statistics.stdev(vals) / math.sqrt(len(vals))
+    return statistics.fmean(vals), T95.get(len(vals) - 1, 1.96) * statistics.stdev(
+        vals
+    ) / math.sqrt(len(vals))
 
 
 def ci_text(values: Iterable[float | None], spec: str = ".4f", scale: float = 1.0) -> str:
@@ -84,7 +124,12 @@ def run_seeds(
         rows = []
         for name, (sae, dead) in trained.items():
             start = time.perf_counter()
-            row = {"seed": seed, "name": name, "train_seconds": seconds, **evaluate(name, sae, dead, seed)}
+            row = {
+                "seed": seed,
+                "name": name,
+                "train_seconds": seconds,
+                **evaluate(name, sae, dead, seed),
+            }
             row["eval_seconds"] = time.perf_counter() - start
             print(json.dumps(row), flush=True)
             rows.append(row)

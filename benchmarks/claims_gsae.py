@@ -19,11 +19,22 @@ writes the table into benchmarks/RESULTS.md and the figure docs/claims_gsae.png.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
-from claims import DOCS, RESULTS_MD, ci_text, markdown, pareto_plot, rows_of, run_seeds, train_seed, write_section
+from claims import (
+    DOCS,
+    RESULTS_MD,
+    ci_text,
+    finished_rows,
+    ints,
+    markdown,
+    pareto_plot,
+    parser,
+    run_seeds,
+    train_seed,
+    write_section,
+)
 
 import saekit
 from saekit.data import open_stream
@@ -81,11 +92,7 @@ def run(args) -> None:
 
 
 def report(args) -> None:
-    rows = rows_of(args.out)
-    if not rows:
-        raise SystemExit(f"no rows in {args.out}: run first")
-    seeds = sorted({r["seed"] for r in rows})
-    first = rows[0]
+    rows, seeds, first = finished_rows(args.out)
     tokens = first["steps"] * first["batch"]
     body = []
     for k in sorted({r["k"] for r in rows}):
@@ -131,23 +138,12 @@ def report(args) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("mode", choices=["run", "report"])
-    p.add_argument("--cache", type=Path, default=Path("runs/bench/gsae-200k"))
-    p.add_argument("--model", default="default")
-    p.add_argument("--hookpoint", default="model.layers.15")
-    p.add_argument("--ks", type=lambda s: [int(v) for v in s.split(",")], default=[16, 32, 64])
-    p.add_argument("--betas", type=lambda s: [float(v) for v in s.split(",")], default=[0, 1, 3, 10])
-    p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
-    p.add_argument("--n-latents", type=int, default=2304)
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--batch", type=int, default=1024)
-    p.add_argument("--dead-window", type=int, default=200_000)
-    p.add_argument("--eval-tokens", type=int, default=8192)
-    p.add_argument("--contexts", type=int, default=16)
+    p = parser(__doc__, ["run", "report"], "runs/bench/gsae-200k", 400, OUT)
+    p.add_argument("--ks", type=ints, default=[16, 32, 64])
+    p.add_argument(
+        "--betas", type=lambda s: [float(v) for v in s.split(",")], default=[0, 1, 3, 10]
+    )
     p.add_argument("--steer-latents", type=int, default=24)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     {"run": run, "report": report}[args.mode](args)

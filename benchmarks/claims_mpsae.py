@@ -20,12 +20,24 @@ give the Gemma confirmation.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
-from claims import DOCS, RESULTS_MD, ci_text, markdown, pareto_plot, rows_of, run_seeds, train_seed, write_section
+from claims import (
+    DOCS,
+    RESULTS_MD,
+    ci_text,
+    finished_rows,
+    ints,
+    markdown,
+    pareto_plot,
+    parser,
+    rows_of,
+    run_seeds,
+    train_seed,
+    write_section,
+)
 
 import saekit
 from saekit.data import open_stream
@@ -45,8 +57,9 @@ def run(args) -> None:
     def train(seed: int):
         stream = open_stream(f"cache:{args.cache}", args.batch, seed=seed)
         saes = {
-            f"{arch}|{l0}": saekit.create(arch, d_in=stream.d_in, n_latents=args.n_latents, seed=seed,
-                                          **{knob: l0})  # fmt: skip
+            f"{arch}|{l0}": saekit.create(
+                arch, d_in=stream.d_in, n_latents=args.n_latents, seed=seed, **{knob: l0}
+            )  # fmt: skip
             for l0 in args.l0
             for arch, knob in ARCHS.items()
         }
@@ -77,7 +90,7 @@ def run(args) -> None:
 
 
 def absorption(args) -> None:
-    from saekit.evaluation.absorption import FirstLetterTask, absorption_scores
+    from saekit.evaluation.absorption import absorption_metrics, first_letter_task
 
     rows = rows_of(args.out)
     done = {(r["seed"], r["name"]) for r in rows_of(args.absorption_out)}
@@ -87,9 +100,9 @@ def absorption(args) -> None:
         if (row["seed"], row["name"]) in done:
             continue
         if task is None:
-            task = FirstLetterTask.build(model, tokenizer, args.hookpoint)
+            task = first_letter_task(model, tokenizer, args.hookpoint, max_words=args.words)
         sae = native.load(args.saes / f"seed{row['seed']}" / row["name"].replace("|", "-"))
-        got = absorption_scores(task, sae)
+        got = absorption_metrics(sae, task)
         out = {"seed": row["seed"], "name": row["name"], "arch": row["arch"],
                "target_l0": row["target_l0"], **{k: v for k, v in got.items() if k != "letters"}}  # fmt: skip
         print(out, flush=True)
@@ -98,11 +111,7 @@ def absorption(args) -> None:
 
 
 def report(args) -> None:
-    rows = rows_of(args.out)
-    if not rows:
-        raise SystemExit(f"no rows in {args.out}: run first")
-    seeds = sorted({r["seed"] for r in rows})
-    first = rows[0]
+    rows, seeds, first = finished_rows(args.out)
     absorbed = rows_of(args.absorption_out)
     body = []
     for l0 in sorted({r["target_l0"] for r in rows}):
@@ -119,9 +128,9 @@ def report(args) -> None:
                 "–" if arch == "topk" else ci_text(paired, "+.4f"),
                 ci_text((r["ce_score"] for r in sel), ".4f"),
                 ci_text((r["frac_dead"] for r in sel), ".1f", 100) + "%",
-                ci_text((a.get("mean_absorption_fraction") for a in ab), ".3f"),
-                ci_text((a.get("full_absorption_rate") for a in ab), ".3f"),
-                ci_text((a.get("mean_split_features") for a in ab), ".2f"),
+                ci_text((a.get("mean_absorption_fraction_score") for a in ab), ".3f"),
+                ci_text((a.get("mean_full_absorption_score") for a in ab), ".3f"),
+                ci_text((a.get("mean_num_split_features") for a in ab), ".2f"),
             ])  # fmt: skip
     table = markdown(
         ["T or k", "SAE", "seeds", "mean L0", "FVU", "FVU − TopK's, paired", "CE score", "dead",
@@ -129,8 +138,14 @@ def report(args) -> None:
         body,
     )  # fmt: skip
     tokens = first["steps"] * first["batch"]
-    name = "SmolLM2-135M layer 15" if first["model"] == "default" else f"{first['model']} {args.hookpoint}"
-    series = {LABELS[a]: [{**r, "point": r["target_l0"]} for r in rows if r["arch"] == a] for a in ARCHS}
+    name = (
+        "SmolLM2-135M layer 15"
+        if first["model"] == "default"
+        else f"{first['model']} {args.hookpoint}"
+    )
+    series = {
+        LABELS[a]: [{**r, "point": r["target_l0"]} for r in rows if r["arch"] == a] for a in ARCHS
+    }
     figure = args.figure or DOCS / "claims_mpsae.png"
     pareto_plot(figure, [("fvu", "held-out FVU"), ("ce_score", "CE score")],
                 {k: v for k, v in series.items() if v},
@@ -182,23 +197,17 @@ def adaptive_text(curves: list[dict]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("mode", choices=["run", "absorption", "report"])
-    p.add_argument("--cache", type=Path, default=Path("runs/bench/mainjob/activations"))
-    p.add_argument("--model", default="default")
-    p.add_argument("--hookpoint", default="model.layers.15")
-    p.add_argument("--l0", type=lambda s: [int(v) for v in s.split(",")], default=[8, 16, 32, 64])
+    p = parser(
+        __doc__,
+        ["run", "absorption", "report"],
+        "runs/bench/mainjob/activations",
+        600,
+        RESULTS / "claims_mpsae.jsonl",
+    )
+    p.add_argument("--l0", type=ints, default=[8, 16, 32, 64])
     p.add_argument("--curve-at", type=int, default=16)
-    p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
-    p.add_argument("--n-latents", type=int, default=2304)
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--batch", type=int, default=1024)
-    p.add_argument("--dead-window", type=int, default=200_000)
-    p.add_argument("--eval-tokens", type=int, default=8192)
-    p.add_argument("--contexts", type=int, default=16)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--words", type=int, default=2000, help="absorption: letter-only tokens drawn")
     p.add_argument("--saes", type=Path, default=Path("runs/claims_mpsae"))
-    p.add_argument("--out", type=Path, default=RESULTS / "claims_mpsae.jsonl")
     p.add_argument("--absorption-out", type=Path, default=RESULTS / "claims_mpsae_absorption.jsonl")
     p.add_argument("--section", default="claims-mpsae", help="marker of the RESULTS.md section")
     p.add_argument("--figure", type=Path, help="default docs/claims_mpsae.png")

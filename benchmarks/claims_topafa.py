@@ -22,11 +22,22 @@ docs/claims_topafa.png.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
-from claims import DOCS, RESULTS_MD, ci_text, markdown, pareto_plot, rows_of, run_seeds, train_seed, write_section
+from claims import (
+    DOCS,
+    RESULTS_MD,
+    ci_text,
+    finished_rows,
+    ints,
+    markdown,
+    pareto_plot,
+    parser,
+    run_seeds,
+    train_seed,
+    write_section,
+)
 
 import saekit
 from saekit.data import open_stream
@@ -36,7 +47,11 @@ from saekit.training.trainer import TrainConfig
 OUT = Path(__file__).parent / "results" / "claims_topafa.jsonl"
 SETTINGS = {
     # name: (TrainConfig fields, SAE options, top-AFA's loss target)
-    "reference": ({"normalise_inputs": False, "init_b_dec": "zero"}, {"standardise_tokens": True}, "input"),
+    "reference": (
+        {"normalise_inputs": False, "init_b_dec": "zero"},
+        {"standardise_tokens": True},
+        "input",
+    ),
     "saekit": ({}, {}, "centred"),
 }
 
@@ -83,17 +98,17 @@ def run(args) -> None:
 
 
 def report(args) -> None:
-    rows = rows_of(args.out)
-    if not rows:
-        raise SystemExit(f"no rows in {args.out}: run first")
-    seeds = sorted({r["seed"] for r in rows})
-    first = rows[0]
+    rows, seeds, first = finished_rows(args.out)
     body = []
     groups = sorted({(r["setting"], r["arch"], r["knob"]) for r in rows},
                     key=lambda g: (g[0], g[1], int(g[2]) if g[2].isdigit() else 0))  # fmt: skip
     for setting, arch, knob in groups:
         sel = [r for r in rows if (r["setting"], r["arch"], r["knob"]) == (setting, arch, knob)]
-        name = f"TopK k={knob}" if arch == "topk" else f"top-AFA, loss on ‖x{' − b_dec' if knob == 'centred' else ''}‖"
+        name = (
+            f"TopK k={knob}"
+            if arch == "topk"
+            else f"top-AFA, loss on ‖x{' − b_dec' if knob == 'centred' else ''}‖"
+        )
         cap = [r["cap_frac"] for r in sel if r["cap_frac"] is not None]
         body.append([
             setting, name, str(len(sel)), ci_text((r["l0"] for r in sel), ".1f"),
@@ -127,23 +142,10 @@ def report(args) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("mode", choices=["run", "report"])
-    p.add_argument("--cache", type=Path, default=Path("runs/bench/mainjob/activations"))
-    p.add_argument("--model", default="default")
-    p.add_argument("--hookpoint", default="model.layers.15")
-    p.add_argument("--ks", type=lambda s: [int(v) for v in s.split(",")], default=[16, 32, 64, 128, 256])
+    p = parser(__doc__, ["run", "report"], "runs/bench/mainjob/activations", 600, OUT)
+    p.add_argument("--ks", type=ints, default=[16, 32, 64, 128, 256])
     p.add_argument("--afa-coeff", type=float, default=1 / 32)
     p.add_argument("--k-max", type=int, default=4096)
-    p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
-    p.add_argument("--n-latents", type=int, default=2304)
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--batch", type=int, default=1024)
-    p.add_argument("--dead-window", type=int, default=200_000)
-    p.add_argument("--eval-tokens", type=int, default=8192)
-    p.add_argument("--contexts", type=int, default=16)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     {"run": run, "report": report}[args.mode](args)
