@@ -49,7 +49,7 @@ def ints(text: str) -> list[int]:
 def parser(
     doc: str, modes: list[str], cache: str, steps: int, out: Path
 ) -> argparse.ArgumentParser:
-    """The options every claim script shares (SmolLM2-135M layer 15, 2,304 latents, 3 seeds)."""
+    """The options every claim script shares (SmolLM2-135M layer 15, 2,304 latents, 3 seeds, batches of 1,024)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("mode", choices=modes)
     p.add_argument("--cache", type=Path, default=Path(cache))

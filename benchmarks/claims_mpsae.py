@@ -201,7 +201,7 @@ def main() -> None:
         __doc__,
         ["run", "absorption", "report"],
         "runs/bench/mainjob/activations",
-        600,
+        400,
         RESULTS / "claims_mpsae.jsonl",
     )
     p.add_argument("--l0", type=ints, default=[8, 16, 32, 64])

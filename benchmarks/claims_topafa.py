@@ -11,7 +11,7 @@ Two settings, each with its own Trainer per seed (same tokens, same steps, same 
   loss aims at ‖x‖ (`loss_target="input"`, the paper's);
 - saekit (ours): one dataset-wide scale, b_dec at the geometric median; top-AFA's loss aims at
   ‖x − b_dec‖ (`loss_target="centred"`), the norm its activation rule matches.
-TopK runs at every k in --ks in both settings; top-AFA's cap `k_max` (4,096, above its L0
+TopK runs at every k in --ks in saekit's setting and at --reference-ks in the reference's; top-AFA's cap `k_max` (4,096, above its L0
 here) does not bind, which `selection.cap_frac` confirms per SAE. The SAEs map their
 reconstruction back to raw activations, so FVU and the spliced CE score are measured the
 same way for every SAE: `saekit eval -g core,spliced,afa` on the cache's held-out split and
@@ -67,7 +67,8 @@ def run(args) -> None:
         for setting, (train_opts, sae_opts, target) in SETTINGS.items():
             stream = open_stream(f"cache:{args.cache}", args.batch, seed=seed)
             common = dict(d_in=stream.d_in, n_latents=args.n_latents, seed=seed, **sae_opts)
-            saes = {f"{setting}|topk|{k}": saekit.create("topk", k=k, **common) for k in args.ks}
+            ks = args.ks if setting == "saekit" else args.reference_ks
+            saes = {f"{setting}|topk|{k}": saekit.create("topk", k=k, **common) for k in ks}
             saes[f"{setting}|topafa|{target}"] = saekit.create(
                 "topafa", loss_target=target, afa_coeff=args.afa_coeff, k_max=args.k_max, **common
             )
@@ -142,8 +143,11 @@ def report(args) -> None:
 
 
 def main() -> None:
-    p = parser(__doc__, ["run", "report"], "runs/bench/mainjob/activations", 600, OUT)
+    p = parser(__doc__, ["run", "report"], "runs/bench/mainjob/activations", 400, OUT)
     p.add_argument("--ks", type=ints, default=[16, 32, 64, 128, 256])
+    p.add_argument(
+        "--reference-ks", type=ints, default=[32, 128], help="TopK in the reference setting"
+    )
     p.add_argument("--afa-coeff", type=float, default=1 / 32)
     p.add_argument("--k-max", type=int, default=4096)
     args = p.parse_args()
