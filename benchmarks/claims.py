@@ -90,10 +90,14 @@ def ci_text(values: Iterable[float | None], spec: str = ".4f", scale: float = 1.
 
 
 def train_seed(
-    saes: dict, stream, cfg: TrainConfig
+    saes: dict, stream, cfg: TrainConfig, done: set[str] = frozenset()
 ) -> tuple[dict[str, tuple[object, float]], float]:
-    """Train every SAE on the same batches: ({name: (trained SAE, dead fraction at the end
-    of training)}, seconds)."""
+    """Train every SAE not in `done` on the same batches: ({name: (trained SAE, dead
+    fraction at the end of training)}, seconds); nothing to train gives ({}, 0)."""
+    saes = {name: sae for name, sae in saes.items() if name not in done}
+    if not saes:
+        return {}, 0.0
+    print(f"training {len(saes)} SAEs", flush=True)
     start = time.perf_counter()
     trainer = Trainer(saes, stream, cfg)
     trainer.fit()
@@ -108,18 +112,21 @@ def train_seed(
 def run_seeds(
     out: Path,
     seeds: Iterable[int],
-    train: Callable[[int], tuple[dict[str, tuple[object, float]], float]],
+    train: Callable[[int, set[str]], tuple[dict[str, tuple[object, float]], float]],
     evaluate: Callable[[str, object, float, int], dict],
 ) -> None:
-    """For each seed not yet in `out`: train(seed), then one row per SAE from
-    evaluate(name, sae, dead, seed), all appended once the seed is done."""
-    done = {r["seed"] for r in rows_of(out)}
+    """For each seed: train(seed, names already in `out` for it) trains the SAEs not yet
+    done (on the seed's batches, so an SAE added later gets the batches the others had),
+    then one row per SAE from evaluate(name, sae, dead, seed), appended once all of the
+    seed's new SAEs are evaluated."""
+    done: dict[int, set[str]] = {}
+    for r in rows_of(out):
+        done.setdefault(r["seed"], set()).add(r["name"])
     for seed in seeds:
-        if seed in done:
+        trained, seconds = train(seed, done.get(seed, set()))
+        if not trained:
             print(f"seed {seed}: done", flush=True)
             continue
-        print(f"seed {seed}: training", flush=True)
-        trained, seconds = train(seed)
         print(f"seed {seed}: trained {len(trained)} SAEs in {seconds:.0f} s", flush=True)
         rows = []
         for name, (sae, dead) in trained.items():
@@ -133,7 +140,7 @@ def run_seeds(
             row["eval_seconds"] = time.perf_counter() - start
             print(json.dumps(row), flush=True)
             rows.append(row)
-        for row in rows:  # the seed lands whole or not at all
+        for row in rows:  # the seed's new SAEs land together or not at all
             append(out, row)
 
 

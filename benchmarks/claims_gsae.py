@@ -65,9 +65,9 @@ def run(args) -> None:
     )  # fmt: skip
     shared: dict = {}
 
-    def train(seed: int):
+    def train(seed: int, done: set[str]):
         stream = open_stream(f"cache:{args.cache}", args.batch, seed=seed)
-        return train_seed(saes_for(seed, stream.d_in, args), stream, cfg)
+        return train_seed(saes_for(seed, stream.d_in, args), stream, cfg, done)
 
     def evaluate(name: str, sae, dead: float, seed: int) -> dict:
         held_out = open_stream(f"cache:{args.cache}", 4096, seed=0, split="heldout")

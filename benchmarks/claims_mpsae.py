@@ -54,7 +54,7 @@ def run(args) -> None:
     source = ModelSource(args.model, args.hookpoint)
     shared: dict = {}
 
-    def train(seed: int):
+    def train(seed: int, done: set[str]):
         stream = open_stream(f"cache:{args.cache}", args.batch, seed=seed)
         saes = {
             f"{arch}|{l0}": saekit.create(
@@ -64,7 +64,7 @@ def run(args) -> None:
             for arch, knob in ARCHS.items()
         }
         cfg = TrainConfig(steps=args.steps, progress_bar=False, dead_window_tokens=args.dead_window)
-        return train_seed(saes, stream, cfg)
+        return train_seed(saes, stream, cfg, done)
 
     def evaluate(name: str, sae, dead: float, seed: int) -> dict:
         arch, l0 = name.split("|")

@@ -62,7 +62,7 @@ def run(args) -> None:
                             spliced_contexts=args.contexts)  # fmt: skip
     shared: dict = {}
 
-    def train(seed: int):
+    def train(seed: int, done: set[str]):
         trained, seconds = {}, 0.0
         for setting, (train_opts, sae_opts, target) in SETTINGS.items():
             stream = open_stream(f"cache:{args.cache}", args.batch, seed=seed)
@@ -74,7 +74,7 @@ def run(args) -> None:
             )
             cfg = TrainConfig(steps=args.steps, progress_bar=False,
                               dead_window_tokens=args.dead_window, **train_opts)  # fmt: skip
-            got, s = train_seed(saes, stream, cfg)
+            got, s = train_seed(saes, stream, cfg, done)
             trained.update(got)
             seconds += s
         return trained, seconds
@@ -144,7 +144,7 @@ def report(args) -> None:
 
 def main() -> None:
     p = parser(__doc__, ["run", "report"], "runs/bench/mainjob/activations", 400, OUT)
-    p.add_argument("--ks", type=ints, default=[16, 32, 64, 128, 256])
+    p.add_argument("--ks", type=ints, default=[16, 32, 64, 128, 256, 512])
     p.add_argument(
         "--reference-ks", type=ints, default=[32, 128], help="TopK in the reference setting"
     )
