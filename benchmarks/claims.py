@@ -183,7 +183,7 @@ def pareto_plot(
     for ax, (key, label) in zip(axes[0], panels):
         for name, rows in series.items():
             points = sorted({r["point"] for r in rows}, key=str)
-            xs, ys, es = [], [], []
+            xs, ys, xe, ye = [], [], [], []
             for p in points:
                 pr = [r for r in rows if r["point"] == p]
                 xi, yi = interval(r[x] for r in pr), interval(r.get(key) for r in pr)
@@ -191,10 +191,13 @@ def pareto_plot(
                     continue
                 xs.append(xi[0])
                 ys.append(yi[0])
-                es.append(0.0 if math.isnan(yi[1]) else yi[1])
+                xe.append(0.0 if math.isnan(xi[1]) else xi[1])
+                ye.append(0.0 if math.isnan(yi[1]) else yi[1])
             order = sorted(range(len(xs)), key=xs.__getitem__)
-            ax.errorbar([xs[i] for i in order], [ys[i] for i in order], yerr=[es[i] for i in order],
-                        marker="o", capsize=3, label=name)  # fmt: skip
+            pick = [[v[i] for i in order] for v in (xs, ys, xe, ye)]
+            ax.errorbar(
+                pick[0], pick[1], xerr=pick[2], yerr=pick[3], marker="o", capsize=3, label=name
+            )
         ax.set_xlabel("mean L0" if x == "l0" else x)
         ax.set_ylabel(label)
         if logx:
