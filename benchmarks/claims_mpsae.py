@@ -20,6 +20,7 @@ give the Gemma confirmation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -43,11 +44,15 @@ import saekit
 from saekit.data import open_stream
 from saekit.evaluation.evaluate import EvalSettings, ModelSource, evaluate_sae
 from saekit.formats import native
-from saekit.training.trainer import TrainConfig
+from saekit.training.trainer import TrainConfig, default_lr
 
 RESULTS = Path(__file__).parent / "results"
 ARCHS = {"mpsae": "n_steps", "topk": "k", "batchtopk": "k", "matryoshka": "k"}
-LABELS = {"mpsae": "MP-SAE", "topk": "TopK", "batchtopk": "BatchTopK", "matryoshka": "Matryoshka"}
+# MP-SAE's default learning rate is 2.65x below the TopK family's (trainer.default_lr); this
+# variant trains it at TopK's, to tell the coder from its learning rate.
+MP_AT_TOPK_LR = "mpsae_topklr"
+LABELS = {"mpsae": "MP-SAE", "topk": "TopK", "batchtopk": "BatchTopK", "matryoshka": "Matryoshka",
+          MP_AT_TOPK_LR: "MP-SAE at TopK's lr"}  # fmt: skip
 
 
 def run(args) -> None:
@@ -64,7 +69,15 @@ def run(args) -> None:
             for arch, knob in ARCHS.items()
         }
         cfg = TrainConfig(steps=args.steps, progress_bar=False, dead_window_tokens=args.dead_window)
-        return train_seed(saes, stream, cfg, done)
+        trained, seconds = train_seed(saes, stream, cfg, done)
+        if args.mp_topk_lr:  # a second Trainer (one lr per Trainer) on the same batches
+            stream = open_stream(f"cache:{args.cache}", args.batch, seed=seed)
+            fast = {f"{MP_AT_TOPK_LR}|{t}": saekit.create("mpsae", d_in=stream.d_in, n_latents=args.n_latents,
+                                                         seed=seed, n_steps=t) for t in args.mp_topk_lr}  # fmt: skip
+            cfg = dataclasses.replace(cfg, lr=default_lr(args.n_latents, "topk"))
+            more, more_seconds = train_seed(fast, stream, cfg, done)
+            trained, seconds = {**trained, **more}, seconds + more_seconds
+        return trained, seconds
 
     def evaluate(name: str, sae, dead: float, seed: int) -> dict:
         arch, l0 = name.split("|")
@@ -116,7 +129,7 @@ def report(args) -> None:
     body = []
     for l0 in sorted({r["target_l0"] for r in rows}):
         base = {r["seed"]: r for r in rows if r["target_l0"] == l0 and r["arch"] == "topk"}
-        for arch in ARCHS:
+        for arch in LABELS:
             sel = [r for r in rows if r["target_l0"] == l0 and r["arch"] == arch]
             if not sel:
                 continue
@@ -144,7 +157,7 @@ def report(args) -> None:
         else f"{first['model']} {args.hookpoint}"
     )
     series = {
-        LABELS[a]: [{**r, "point": r["target_l0"]} for r in rows if r["arch"] == a] for a in ARCHS
+        LABELS[a]: [{**r, "point": r["target_l0"]} for r in rows if r["arch"] == a] for a in LABELS
     }
     figure = args.figure or DOCS / "claims_mpsae.png"
     pareto_plot(figure, [("fvu", "held-out FVU"), ("ce_score", "CE score")],
@@ -205,6 +218,12 @@ def main() -> None:
         RESULTS / "claims_mpsae.jsonl",
     )
     p.add_argument("--l0", type=ints, default=[8, 16, 32, 64])
+    p.add_argument(
+        "--mp-topk-lr",
+        type=ints,
+        default=[],
+        help="also MP-SAE at these T with TopK's learning rate",
+    )
     p.add_argument("--curve-at", type=int, default=16)
     p.add_argument("--words", type=int, default=2000, help="absorption: letter-only tokens drawn")
     p.add_argument("--saes", type=Path, default=Path("runs/claims_mpsae"))
