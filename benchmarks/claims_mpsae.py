@@ -5,8 +5,10 @@ TopK at equal L0, adaptive sparsity at inference, less feature absorption).
     python benchmarks/claims_mpsae.py absorption
     python benchmarks/claims_mpsae.py report
 
-`run`: per seed, one Trainer trains MP-SAE at every T in --l0 (pursuit steps) and TopK,
-BatchTopK and Matryoshka at k = T, on the same batches, each at its default learning rate;
+`run`: per seed, on the same batches, TopK, BatchTopK and Matryoshka at every k in --l0 (at
+their default learning rate, c = 5.3e-4), MP-SAE at T = k pursuit steps with c = 2e-4 (its
+default when this table was first run) and, with --mp-topk-lr, with c = 5.3e-4 (its default
+since; lr = c / sqrt(n_latents / 2^14));
 each SAE is evaluated as `saekit eval -g core,spliced` does (held-out FVU and L0, spliced CE
 score) and saved under --saes/seed<N>/<name> for the absorption pass. The first seed's MP-SAE
 and TopK at L0 --curve-at also get the `adaptive` group (error against inference budget).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -44,15 +47,15 @@ import saekit
 from saekit.data import open_stream
 from saekit.evaluation.evaluate import EvalSettings, ModelSource, evaluate_sae
 from saekit.formats import native
-from saekit.training.trainer import TrainConfig, default_lr
+from saekit.training.trainer import LR_AT_16K, PREVIOUS_LR_AT_16K, TrainConfig
 
 RESULTS = Path(__file__).parent / "results"
 ARCHS = {"mpsae": "n_steps", "topk": "k", "batchtopk": "k", "matryoshka": "k"}
-# MP-SAE's default learning rate is 2.65x below the TopK family's (trainer.default_lr); this
-# variant trains it at TopK's, to tell the coder from its learning rate.
+# MP-SAE at the TopK family's learning rate, 2.65x the c = 2e-4 that was MP-SAE's default when
+# the "mpsae" rows were run (it has been MP-SAE's default since, trainer.LR_AT_16K).
 MP_AT_TOPK_LR = "mpsae_topklr"
-LABELS = {"mpsae": "MP-SAE", "topk": "TopK", "batchtopk": "BatchTopK", "matryoshka": "Matryoshka",
-          MP_AT_TOPK_LR: "MP-SAE at TopK's lr"}  # fmt: skip
+LABELS = {"mpsae": "MP-SAE, lr c = 2e-4", "topk": "TopK", "batchtopk": "BatchTopK", "matryoshka": "Matryoshka",
+          MP_AT_TOPK_LR: "MP-SAE, lr c = 5.3e-4 (now its default)"}  # fmt: skip
 
 
 def run(args) -> None:
@@ -60,22 +63,22 @@ def run(args) -> None:
     shared: dict = {}
 
     def train(seed: int, done: set[str]):
-        stream = open_stream(f"cache:{args.cache}", args.batch, seed=seed)
-        saes = {
-            f"{arch}|{l0}": saekit.create(
-                arch, d_in=stream.d_in, n_latents=args.n_latents, seed=seed, **{knob: l0}
-            )  # fmt: skip
-            for l0 in args.l0
-            for arch, knob in ARCHS.items()
-        }
         cfg = TrainConfig(steps=args.steps, progress_bar=False, dead_window_tokens=args.dead_window)
-        trained, seconds = train_seed(saes, stream, cfg, done)
-        if args.mp_topk_lr:  # a second Trainer (one lr per Trainer) on the same batches
+        c = math.sqrt(args.n_latents / 2**14)
+        # One lr per Trainer, so three Trainers on the same batches: the TopK family at its
+        # default lr; MP-SAE ("mpsae") at the c = 2e-4 it had as default when this table was
+        # first run; MP-SAE at the TopK family's c = 5.3e-4 (its default since).
+        groups = [
+            ({f"{a}|{l0}": (a, {kn: l0}) for l0 in args.l0 for a, kn in ARCHS.items() if a != "mpsae"}, None),
+            ({f"mpsae|{t}": ("mpsae", {"n_steps": t}) for t in args.l0}, PREVIOUS_LR_AT_16K / c),
+            ({f"{MP_AT_TOPK_LR}|{t}": ("mpsae", {"n_steps": t}) for t in args.mp_topk_lr}, LR_AT_16K["topk"] / c),
+        ]  # fmt: skip
+        trained, seconds = {}, 0.0
+        for specs, lr in groups:
             stream = open_stream(f"cache:{args.cache}", args.batch, seed=seed)
-            fast = {f"{MP_AT_TOPK_LR}|{t}": saekit.create("mpsae", d_in=stream.d_in, n_latents=args.n_latents,
-                                                         seed=seed, n_steps=t) for t in args.mp_topk_lr}  # fmt: skip
-            cfg = dataclasses.replace(cfg, lr=default_lr(args.n_latents, "topk"))
-            more, more_seconds = train_seed(fast, stream, cfg, done)
+            saes = {name: saekit.create(arch, d_in=stream.d_in, n_latents=args.n_latents, seed=seed, **opts)
+                    for name, (arch, opts) in specs.items()}  # fmt: skip
+            more, more_seconds = train_seed(saes, stream, dataclasses.replace(cfg, lr=lr), done)
             trained, seconds = {**trained, **more}, seconds + more_seconds
         return trained, seconds
 
@@ -166,8 +169,8 @@ def report(args) -> None:
                 "(95% intervals)")  # fmt: skip
     text = (
         f"{name}; seeds {', '.join(map(str, seeds))}; {first['n_latents']:,} latents; "
-        f"{first['steps']} steps x {first['batch']:,} tokens ({tokens:,} tokens); each SAE at its "
-        "default learning rate. Mean ± 95% t-interval over seeds; the paired column is the "
+        f"{first['steps']} steps x {first['batch']:,} tokens ({tokens:,} tokens); the TopK family "
+        "at its default learning rate, MP-SAE at two (lr = c / sqrt(n_latents / 2^14)). Mean ± 95% t-interval over seeds; the paired column is the "
         f"FVU minus TopK's at the same T = k and seed.\n\n{table}\n\n"
         f"![MP-SAE vs the TopK family](../docs/{figure.name})\n"
     )
