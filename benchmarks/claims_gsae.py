@@ -21,20 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import claims
 import torch
-from claims import (
-    DOCS,
-    RESULTS_MD,
-    ci_text,
-    finished_rows,
-    ints,
-    markdown,
-    pareto_plot,
-    parser,
-    run_seeds,
-    train_seed,
-    write_section,
-)
 
 import saekit
 from saekit.data import open_stream
@@ -67,7 +55,7 @@ def run(args) -> None:
 
     def train(seed: int, done: set[str]):
         stream = open_stream(f"cache:{args.cache}", args.batch, seed=seed)
-        return train_seed(saes_for(seed, stream.d_in, args), stream, cfg, done)
+        return claims.train_seed(saes_for(seed, stream.d_in, args), stream, cfg, done)
 
     def evaluate(name: str, sae, dead: float, seed: int) -> dict:
         held_out = open_stream(f"cache:{args.cache}", 4096, seed=0, split="heldout")
@@ -88,11 +76,11 @@ def run(args) -> None:
             steps=args.steps, batch=args.batch, n_latents=args.n_latents,
         )  # fmt: skip
 
-    run_seeds(args.out, args.seeds, train, evaluate)
+    claims.run_seeds(args.out, args.seeds, train, evaluate)
 
 
 def report(args) -> None:
-    rows, seeds, first = finished_rows(args.out)
+    rows, seeds, first = claims.finished_rows(args.out)
     tokens = first["steps"] * first["batch"]
     body = []
     for k in sorted({r["k"] for r in rows}):
@@ -103,16 +91,16 @@ def report(args) -> None:
             paired = [r["delta_ce"] - base[r["seed"]]["delta_ce"] for r in sel if r["seed"] in base]
             body.append([
                 str(k), "TopK" if beta == 0 else f"g-SAE β={beta:g}", str(len(sel)),
-                ci_text((r["delta_ce"] for r in sel), ".4f"),
-                "–" if beta == 0 else ci_text(paired, "+.4f"),
-                ci_text((r["ce_score"] for r in sel), ".4f"),
-                ci_text((r["fvu"] for r in sel), ".4f"),
-                ci_text((r["frac_dead"] for r in sel), ".1f", 100) + "%",
-                ci_text((r["steer_logit_per_norm"] for r in sel), ".3f"),
-                ci_text((r["steer_kl_per_norm"] for r in sel), ".2e"),
-                "–" if beta == 0 else ci_text((r["delta_ce_gradient_mode"] for r in sel), ".4f"),
+                claims.ci_text((r["delta_ce"] for r in sel), ".4f"),
+                "–" if beta == 0 else claims.ci_text(paired, "+.4f"),
+                claims.ci_text((r["ce_score"] for r in sel), ".4f"),
+                claims.ci_text((r["fvu"] for r in sel), ".4f"),
+                claims.ci_text((r["frac_dead"] for r in sel), ".1f", 100) + "%",
+                claims.ci_text((r["steer_logit_per_norm"] for r in sel), ".3f"),
+                claims.ci_text((r["steer_kl_per_norm"] for r in sel), ".2e"),
+                "–" if beta == 0 else claims.ci_text((r["delta_ce_gradient_mode"] for r in sel), ".4f"),
             ])  # fmt: skip
-    table = markdown(
+    table = claims.markdown(
         ["k", "SAE", "seeds", "ΔCE (TopK mode)", "ΔCE − TopK's, paired", "CE score", "FVU",
          "dead", "steer Δlogit/α", "steer KL/α", "ΔCE, gradient mode (label-informed)"],
         body,
@@ -121,8 +109,8 @@ def report(args) -> None:
     for beta in sorted({r["beta"] for r in rows}):
         label = "TopK" if beta == 0 else f"g-SAE β={beta:g}"
         series[label] = [{**r, "point": r["k"]} for r in rows if r["beta"] == beta]
-    figure = DOCS / "claims_gsae.png"
-    pareto_plot(figure, [("delta_ce", "spliced ΔCE (nats, TopK mode)"), ("fvu", "held-out FVU")],
+    figure = claims.DOCS / "claims_gsae.png"
+    claims.pareto_plot(figure, [("delta_ce", "spliced ΔCE (nats, TopK mode)"), ("fvu", "held-out FVU")],
                 series, f"g-SAE vs TopK, SmolLM2-135M layer 15, {tokens:,} training tokens, "
                 f"{len(seeds)} seeds (95% intervals)")  # fmt: skip
     text = (
@@ -133,13 +121,13 @@ def report(args) -> None:
         f"g-SAE's ΔCE minus TopK's at the same k and seed.\n\n{table}\n\n"
         f"![g-SAE vs TopK](../docs/claims_gsae.png)\n"
     )
-    write_section(RESULTS_MD, "claims-gsae", text)
+    claims.write_section(claims.RESULTS_MD, "claims-gsae", text)
     print(text)
 
 
 def main() -> None:
-    p = parser(__doc__, ["run", "report"], "runs/bench/gsae-200k", 400, OUT)
-    p.add_argument("--ks", type=ints, default=[16, 32, 64])
+    p = claims.parser(__doc__, ["run", "report"], "runs/bench/gsae-200k", 400, OUT)
+    p.add_argument("--ks", type=claims.ints, default=[16, 32, 64])
     p.add_argument(
         "--betas", type=lambda s: [float(v) for v in s.split(",")], default=[0, 1, 3, 10]
     )

@@ -27,21 +27,8 @@ import json
 import math
 from pathlib import Path
 
+import claims
 import torch
-from claims import (
-    DOCS,
-    RESULTS_MD,
-    ci_text,
-    finished_rows,
-    ints,
-    markdown,
-    pareto_plot,
-    parser,
-    rows_of,
-    run_seeds,
-    train_seed,
-    write_section,
-)
 
 import saekit
 from saekit.data import open_stream
@@ -78,7 +65,9 @@ def run(args) -> None:
             stream = open_stream(f"cache:{args.cache}", args.batch, seed=seed)
             saes = {name: saekit.create(arch, d_in=stream.d_in, n_latents=args.n_latents, seed=seed, **opts)
                     for name, (arch, opts) in specs.items()}  # fmt: skip
-            more, more_seconds = train_seed(saes, stream, dataclasses.replace(cfg, lr=lr), done)
+            more, more_seconds = claims.train_seed(
+                saes, stream, dataclasses.replace(cfg, lr=lr), done
+            )
             trained, seconds = {**trained, **more}, seconds + more_seconds
         return trained, seconds
 
@@ -102,14 +91,14 @@ def run(args) -> None:
                                for p in doc["adaptive"]["points"]]  # fmt: skip
         return row
 
-    run_seeds(args.out, args.seeds, train, evaluate)
+    claims.run_seeds(args.out, args.seeds, train, evaluate)
 
 
 def absorption(args) -> None:
     from saekit.evaluation.absorption import absorption_metrics, first_letter_task
 
-    rows = rows_of(args.out)
-    done = {(r["seed"], r["name"]) for r in rows_of(args.absorption_out)}
+    rows = claims.rows_of(args.out)
+    done = {(r["seed"], r["name"]) for r in claims.rows_of(args.absorption_out)}
     model, tokenizer = ModelSource(args.model, args.hookpoint).load()
     task = None
     for row in rows:
@@ -127,8 +116,8 @@ def absorption(args) -> None:
 
 
 def report(args) -> None:
-    rows, seeds, first = finished_rows(args.out)
-    absorbed = rows_of(args.absorption_out)
+    rows, seeds, first = claims.finished_rows(args.out)
+    absorbed = claims.rows_of(args.absorption_out)
     body = []
     for l0 in sorted({r["target_l0"] for r in rows}):
         base = {r["seed"]: r for r in rows if r["target_l0"] == l0 and r["arch"] == "topk"}
@@ -139,16 +128,16 @@ def report(args) -> None:
             paired = [r["fvu"] - base[r["seed"]]["fvu"] for r in sel if r["seed"] in base]
             ab = [a for a in absorbed if a["target_l0"] == l0 and a["arch"] == arch]
             body.append([
-                str(l0), LABELS[arch], str(len(sel)), ci_text((r["l0"] for r in sel), ".1f"),
-                ci_text((r["fvu"] for r in sel), ".4f"),
-                "–" if arch == "topk" else ci_text(paired, "+.4f"),
-                ci_text((r["ce_score"] for r in sel), ".4f"),
-                ci_text((r["frac_dead"] for r in sel), ".1f", 100) + "%",
-                ci_text((a.get("mean_absorption_fraction_score") for a in ab), ".3f"),
-                ci_text((a.get("mean_full_absorption_score") for a in ab), ".3f"),
-                ci_text((a.get("mean_num_split_features") for a in ab), ".2f"),
+                str(l0), LABELS[arch], str(len(sel)), claims.ci_text((r["l0"] for r in sel), ".1f"),
+                claims.ci_text((r["fvu"] for r in sel), ".4f"),
+                "–" if arch == "topk" else claims.ci_text(paired, "+.4f"),
+                claims.ci_text((r["ce_score"] for r in sel), ".4f"),
+                claims.ci_text((r["frac_dead"] for r in sel), ".1f", 100) + "%",
+                claims.ci_text((a.get("mean_absorption_fraction_score") for a in ab), ".3f"),
+                claims.ci_text((a.get("mean_full_absorption_score") for a in ab), ".3f"),
+                claims.ci_text((a.get("mean_num_split_features") for a in ab), ".2f"),
             ])  # fmt: skip
-    table = markdown(
+    table = claims.markdown(
         ["T or k", "SAE", "seeds", "mean L0", "FVU", "FVU − TopK's, paired", "CE score", "dead",
          "absorption fraction", "full absorption", "split features"],
         body,
@@ -162,8 +151,8 @@ def report(args) -> None:
     series = {
         LABELS[a]: [{**r, "point": r["target_l0"]} for r in rows if r["arch"] == a] for a in LABELS
     }
-    figure = args.figure or DOCS / "claims_mpsae.png"
-    pareto_plot(figure, [("fvu", "held-out FVU"), ("ce_score", "CE score")],
+    figure = args.figure or claims.DOCS / "claims_mpsae.png"
+    claims.pareto_plot(figure, [("fvu", "held-out FVU"), ("ce_score", "CE score")],
                 {k: v for k, v in series.items() if v},
                 f"MP-SAE vs the TopK family, {name}, {tokens:,} tokens, {len(seeds)} seeds "
                 "(95% intervals)")  # fmt: skip
@@ -177,7 +166,7 @@ def report(args) -> None:
     curves = [r for r in rows if "adaptive" in r]
     if curves:
         text += "\n" + adaptive_text(curves)
-    write_section(RESULTS_MD, args.section, text)
+    claims.write_section(claims.RESULTS_MD, args.section, text)
     print(text)
 
 
@@ -201,10 +190,10 @@ def adaptive_text(curves: list[dict]) -> str:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(DOCS / "claims_mpsae_adaptive.png", dpi=110)
+    fig.savefig(claims.DOCS / "claims_mpsae_adaptive.png", dpi=110)
     plt.close(fig)
     budgets = [str(p["value"]) for p in curves[0]["adaptive"] if p["value"] & (p["value"] - 1) == 0]
-    table = markdown(["SAE (one seed)"] + [f"budget {b}" for b in budgets], body)
+    table = claims.markdown(["SAE (one seed)"] + [f"budget {b}" for b in budgets], body)
     return (
         "Adaptive sparsity (`saekit eval -g adaptive`): held-out FVU when the inference budget "
         "(MP pursuit steps, TopK's k) moves away from the training one.\n\n"
@@ -213,27 +202,32 @@ def adaptive_text(curves: list[dict]) -> str:
 
 
 def main() -> None:
-    p = parser(
+    p = claims.parser(
         __doc__,
         ["run", "absorption", "report"],
         "runs/bench/mainjob/activations",
         400,
         RESULTS / "claims_mpsae.jsonl",
     )
-    p.add_argument("--l0", type=ints, default=[8, 16, 32, 64])
+    p.add_argument("--l0", type=claims.ints, default=[8, 16, 32, 64])
     p.add_argument(
         "--mp-topk-lr",
-        type=ints,
+        type=claims.ints,
         default=[],
         help="also MP-SAE at these T with TopK's learning rate",
     )
     p.add_argument("--curve-at", type=int, default=16)
     p.add_argument("--words", type=int, default=2000, help="absorption: letter-only tokens drawn")
     p.add_argument("--saes", type=Path, default=Path("runs/claims_mpsae"))
-    p.add_argument("--absorption-out", type=Path, default=RESULTS / "claims_mpsae_absorption.jsonl")
+    p.add_argument(
+        "--absorption-out", type=Path, help="default: --out with _absorption before .jsonl"
+    )
     p.add_argument("--section", default="claims-mpsae", help="marker of the RESULTS.md section")
     p.add_argument("--figure", type=Path, help="default docs/claims_mpsae.png")
     args = p.parse_args()
+    args.absorption_out = args.absorption_out or args.out.with_name(
+        f"{args.out.stem}_absorption.jsonl"
+    )
     torch.set_num_threads(args.threads)
     {"run": run, "absorption": absorption, "report": report}[args.mode](args)
 

@@ -25,20 +25,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import claims
 import torch
-from claims import (
-    DOCS,
-    RESULTS_MD,
-    ci_text,
-    finished_rows,
-    ints,
-    markdown,
-    pareto_plot,
-    parser,
-    run_seeds,
-    train_seed,
-    write_section,
-)
 
 import saekit
 from saekit.data import open_stream
@@ -75,7 +63,7 @@ def run(args) -> None:
             )
             cfg = TrainConfig(steps=args.steps, progress_bar=False,
                               dead_window_tokens=args.dead_window, **train_opts)  # fmt: skip
-            got, s = train_seed(saes, stream, cfg, done)
+            got, s = claims.train_seed(saes, stream, cfg, done)
             trained.update(got)
             seconds += s
         return trained, seconds
@@ -96,11 +84,11 @@ def run(args) -> None:
             steps=args.steps, batch=args.batch, n_latents=args.n_latents,
         )  # fmt: skip
 
-    run_seeds(args.out, args.seeds, train, evaluate)
+    claims.run_seeds(args.out, args.seeds, train, evaluate)
 
 
 def report(args) -> None:
-    rows, seeds, first = finished_rows(args.out)
+    rows, seeds, first = claims.finished_rows(args.out)
     body = []
     groups = sorted({(r["setting"], r["arch"], r["knob"]) for r in rows},
                     key=lambda g: (g[0], g[1], int(g[2]) if g[2].isdigit() else 0))  # fmt: skip
@@ -113,14 +101,14 @@ def report(args) -> None:
         )
         cap = [r["cap_frac"] for r in sel if r["cap_frac"] is not None]
         body.append([
-            setting, name, str(len(sel)), ci_text((r["l0"] for r in sel), ".1f"),
-            ci_text((r["fvu"] for r in sel), ".4f"), ci_text((r["ce_score"] for r in sel), ".4f"),
-            ci_text((r["frac_dead"] for r in sel), ".1f", 100) + "%",
-            ci_text((r["eps_lbo_width"] for r in sel), ".2e"),
-            ci_text((r["frac_over"] for r in sel), ".0f", 100) + "%",
+            setting, name, str(len(sel)), claims.ci_text((r["l0"] for r in sel), ".1f"),
+            claims.ci_text((r["fvu"] for r in sel), ".4f"), claims.ci_text((r["ce_score"] for r in sel), ".4f"),
+            claims.ci_text((r["frac_dead"] for r in sel), ".1f", 100) + "%",
+            claims.ci_text((r["eps_lbo_width"] for r in sel), ".2e"),
+            claims.ci_text((r["frac_over"] for r in sel), ".0f", 100) + "%",
             f"{max(cap):.1%}" if cap else "–",
         ])  # fmt: skip
-    table = markdown(["setting", "SAE", "seeds", "mean L0", "FVU", "CE score", "dead",
+    table = claims.markdown(["setting", "SAE", "seeds", "mean L0", "FVU", "CE score", "dead",
                       "ε_LBO (width, median)", "over-activated", "capped tokens"], body)  # fmt: skip
     front = []
     for r in (r for r in rows if r["arch"] == "topafa"):
@@ -136,14 +124,14 @@ def report(args) -> None:
         sel = [r for r in front if r["setting"] == setting and "gap_fvu" in r]
         if sel:
             gaps.append([setting, f"loss on ‖x{' − b_dec' if target == 'centred' else ''}‖", str(len(sel)),
-                         ci_text((r["l0"] for r in sel), ".0f"), ci_text((r["gap_fvu"] for r in sel), "+.4f"),
-                         ci_text((r["gap_ce_score"] for r in sel), "+.4f")])  # fmt: skip
+                         claims.ci_text((r["l0"] for r in sel), ".0f"), claims.ci_text((r["gap_fvu"] for r in sel), "+.4f"),
+                         claims.ci_text((r["gap_ce_score"] for r in sel), "+.4f")])  # fmt: skip
     if gaps:
         table += (
             "\n\ntop-AFA against the TopK front at its own L0 (saekit setting's TopK, interpolated "
             "linearly in log L0 between the two nearest k of the same seed; paired per seed; "
             "negative FVU gap and positive CE gap: top-AFA is better):\n\n"
-            + markdown(
+            + claims.markdown(
                 [
                     "setting",
                     "top-AFA",
@@ -162,7 +150,7 @@ def report(args) -> None:
         series[f"top-AFA, {setting} setting"] = [{**r, "point": r["knob"]} for r in rows
                                                  if r["setting"] == setting and r["arch"] == "topafa"]  # fmt: skip
     tokens = first["steps"] * first["batch"]
-    pareto_plot(DOCS / "claims_topafa.png", [("fvu", "held-out FVU"), ("ce_score", "CE score")],
+    claims.pareto_plot(claims.DOCS / "claims_topafa.png", [("fvu", "held-out FVU"), ("ce_score", "CE score")],
                 {k: v for k, v in series.items() if v},
                 f"top-AFA vs TopK, SmolLM2-135M layer 15, {tokens:,} tokens, {len(seeds)} seeds "
                 "(95% intervals)")  # fmt: skip
@@ -176,7 +164,7 @@ def report(args) -> None:
         "contributions, so they keep every positive latent (the most of any seed)."
         f"\n\n{table}\n\n![top-AFA vs TopK](../docs/claims_topafa.png)\n"
     )
-    write_section(RESULTS_MD, "claims-topafa", text)
+    claims.write_section(claims.RESULTS_MD, "claims-topafa", text)
     print(text)
 
 
@@ -192,10 +180,10 @@ def front_at(l0: float, topk_rows: list[dict], key: str) -> float | None:
 
 
 def main() -> None:
-    p = parser(__doc__, ["run", "report"], "runs/bench/mainjob/activations", 400, OUT)
-    p.add_argument("--ks", type=ints, default=[16, 32, 64, 128, 256, 512])
+    p = claims.parser(__doc__, ["run", "report"], "runs/bench/mainjob/activations", 400, OUT)
+    p.add_argument("--ks", type=claims.ints, default=[16, 32, 64, 128, 256, 512])
     p.add_argument(
-        "--reference-ks", type=ints, default=[32, 128], help="TopK in the reference setting"
+        "--reference-ks", type=claims.ints, default=[32, 128], help="TopK in the reference setting"
     )
     p.add_argument("--afa-coeff", type=float, default=1 / 32)
     p.add_argument("--k-max", type=int, default=4096)
