@@ -144,6 +144,18 @@ def run_seeds(
             append(out, row)
 
 
+def dispatch(p: argparse.ArgumentParser, modes: dict[str, Callable], prepare=None) -> None:
+    """Parse the options (prepare(args) may fill derived defaults), set the torch threads and
+    run the chosen mode."""
+    import torch
+
+    args = p.parse_args()
+    if prepare:
+        prepare(args)
+    torch.set_num_threads(args.threads)
+    modes[args.mode](args)
+
+
 def write_section(path: Path, name: str, text: str) -> None:
     """Replace the text between `<!-- name -->` and `<!-- /name -->` in path (append the
     marked section if it is not there yet)."""

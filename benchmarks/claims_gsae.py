@@ -22,7 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import claims
-import torch
 
 import saekit
 from saekit.data import open_stream
@@ -132,9 +131,7 @@ def main() -> None:
         "--betas", type=lambda s: [float(v) for v in s.split(",")], default=[0, 1, 3, 10]
     )
     p.add_argument("--steer-latents", type=int, default=24)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    {"run": run, "report": report}[args.mode](args)
+    claims.dispatch(p, {"run": run, "report": report})
 
 
 if __name__ == "__main__":

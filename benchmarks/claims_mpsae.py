@@ -28,7 +28,6 @@ import math
 from pathlib import Path
 
 import claims
-import torch
 
 import saekit
 from saekit.data import open_stream
@@ -224,12 +223,15 @@ def main() -> None:
     )
     p.add_argument("--section", default="claims-mpsae", help="marker of the RESULTS.md section")
     p.add_argument("--figure", type=Path, help="default docs/claims_mpsae.png")
-    args = p.parse_args()
+    claims.dispatch(
+        p, {"run": run, "absorption": absorption, "report": report}, derive_absorption_out
+    )
+
+
+def derive_absorption_out(args) -> None:
     args.absorption_out = args.absorption_out or args.out.with_name(
         f"{args.out.stem}_absorption.jsonl"
     )
-    torch.set_num_threads(args.threads)
-    {"run": run, "absorption": absorption, "report": report}[args.mode](args)
 
 
 if __name__ == "__main__":

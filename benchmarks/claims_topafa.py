@@ -26,7 +26,6 @@ import math
 from pathlib import Path
 
 import claims
-import torch
 
 import saekit
 from saekit.data import open_stream
@@ -187,9 +186,7 @@ def main() -> None:
     )
     p.add_argument("--afa-coeff", type=float, default=1 / 32)
     p.add_argument("--k-max", type=int, default=4096)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    {"run": run, "report": report}[args.mode](args)
+    claims.dispatch(p, {"run": run, "report": report})
 
 
 if __name__ == "__main__":
