@@ -51,5 +51,6 @@ def test_saekit_train_find_lr_prints_a_suggestion_and_plots(tmp_path, capsys):
     assert main([*args, "--find-lr", "40", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "topk: lr range test: 40 steps from 1.0e-06" in printed and "suggested --lr" in printed
+    assert "saekit's default --lr for this SAE: 8.5e-03" in printed  # 5.3e-4 / sqrt(64 / 2^14)
     assert (out / "lr_range_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "saes").exists()  # nothing was trained

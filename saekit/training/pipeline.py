@@ -112,6 +112,7 @@ def lr_range_run(settings: RunSettings, steps: int) -> int:
     the run's first SAE on the run's own data, a plot in --out, and a suggested --lr. A model
     capture is written where the run puts it, so the training run after it reuses it."""
     from saekit.training.lr_finder import find_lr
+    from saekit.training.trainer import default_lr
 
     out = Path(settings.run.out)
     settings.run.data = absolute_data_spec(settings.run.data)
@@ -123,7 +124,14 @@ def lr_range_run(settings: RunSettings, steps: int) -> int:
     result = find_lr(sae, stream, settings.train, steps=steps)
     out.mkdir(parents=True, exist_ok=True)
     plot = result.plot(out / "lr_range_test.png")
-    print(f"{name}: {result.summary()}\nplot: {plot}")
+    # The test sees 100 steps, not the latents that die over a long run at a high rate: on
+    # SmolLM2 and Gemma its suggestion was 0.6-3.5x the rate a full sweep chose, the most at
+    # the widest SAEs (benchmarks/RESULTS.md, "Learning rate"), so the default is printed too.
+    default = default_lr(sae.n_latents, sae.architecture)
+    print(
+        f"{name}: {result.summary()}\nsaekit's default --lr for this SAE: {default:.1e} "
+        f"(from a sweep of full runs; the range test cannot see latents dying)\nplot: {plot}"
+    )
     return 0
 
 

@@ -56,7 +56,7 @@ class TrainConfig:
     lr: float | None = option(
         None,
         "learning rate (default c / sqrt(n_latents / 2^14) per SAE: c = 5.3e-4 for the TopK "
-        "family and MP-SAE, 2e-4 for the others)",
+        "family and JumpReLU, 7.5e-4 for ReLU and Gated, 1.5e-3 for MP-SAE, 2e-4 for the others)",
         lo=0,
         above=True,
     )
@@ -111,19 +111,28 @@ class TrainConfig:
         check_config_values(TrainConfig, {k: getattr(self, k) for k in structural})
 
 
-# The default learning rate is c / sqrt(n_latents / 2^14). benchmarks/lr_sweep.py
-# (benchmarks/RESULTS.md, "Learning rate") trained TopK on SmolLM2 layer 15 and Gemma-3
-# layer 12 at 2,304-5,120 latents for 300-1,500 steps of 1,024 tokens: the lowest held-out
-# FVU with at most 1% dead latents came at 1e-3 for 4,608-5,120 latents at every budget
-# (higher rates kill 2-20% of the latents, and neither a 10x shorter dead window nor an 8x
-# AuxK weight revives them), so c does not depend on the budget; BatchTopK agreed. The
-# previous c, 2e-4, was fitted to long GPU runs and cost 5-25% FVU at these budgets. MP-SAE
-# takes the same c: at 2,304 latents, 400 steps and T = 8-64 it cut held-out FVU by 0.025-0.07
-# against 2e-4, on 3 seeds (benchmarks/claims_mpsae.py --mp-topk-lr; RESULTS.md, "MP-SAE vs
-# TopK"). 2e-4 stays for the coders the sweep did not settle: where the L0 follows the rate
-# (JumpReLU, ReLU, Gated, top-AFA) held-out FVU alone cannot choose it.
+# The default learning rate is c / sqrt(n_latents / 2^14), c per architecture, chosen by
+# benchmarks/lr_sweep.py (benchmarks/RESULTS.md, "Learning rate": SmolLM2 layers 6 and 15,
+# Gemma-3 layer 12, 1,152-5,120 latents, 300-1,500 steps of 1,024 tokens, 2 seeds on the
+# main cells). TopK's lowest held-out FVU with at most 1% dead latents came at the same rate
+# at every budget, so there is no budget term: 1e-3 at 4,608-5,120 latents, which sets c.
+# Narrower SAEs want more than the -1/2 law gives (4e-3 at 1,152 latents, not 2e-3), but a
+# steeper law carried outside the measured widths would give 0.07 at 64 latents. Higher
+# rates kill 1-5% of the latents, which neither a 10x shorter dead window nor an 8x AuxK
+# weight revives. The previous c, 2e-4, was fitted to long GPU runs and cost 5-25% FVU here.
+# Matryoshka, AbsTopK and the choice coders agreed (g-SAE selects as TopK does). MP-SAE
+# kills no latents and wants ~3x more: FVU fell at every step up to 4e-3 at 2,304 and 4,608
+# latents (0.181 -> 0.164 and 0.166 -> 0.144 from TopK's rate), 8e-3 bought 1.5% more.
+# Where the L0 is learned, c was chosen at L0 = 32 between sparsity coefficients: ReLU+L1
+# and Gated want a higher rate (FVU 0.45 -> 0.26 and 0.26 -> 0.22 from 5e-4 to 2e-3 at 2,304
+# latents), and JumpReLU's L0 only approaches its target in these budgets at TopK's rate.
+_TOPK_FAMILY = ("topk", "batchtopk", "matryoshka", "abstopk", "gsae", "mutual_choice",
+                "feature_choice", "jumprelu")  # fmt: skip
 LR_AT_16K = {
-    arch: 5.3e-4 for arch in ("topk", "batchtopk", "matryoshka", "abstopk", "gsae", "mpsae")
+    **dict.fromkeys(_TOPK_FAMILY, 5.3e-4),
+    "relu": 7.5e-4,
+    "gated": 7.5e-4,
+    "mpsae": 1.5e-3,
 }
 PREVIOUS_LR_AT_16K = 2e-4
 
