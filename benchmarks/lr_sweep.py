@@ -217,6 +217,8 @@ def fit(args) -> None:
               f"{near['fvu']:.4f}, {near['frac_dead']:.1%} (at {near['lr']:.1e}) |")  # fmt: skip
     print()
     for arch, cells in by_arch.items():
+        if len(cells) < 2:  # one cell is its own lr*: no rule to fit
+            continue
         c, b = fit_rule(cells)
         resid = [math.log(lr / (c * (n / 2**14) ** -0.5 * (s / 1000) ** b)) for n, s, lr in cells]
         print(f"{arch}: lr* = {c:.2e} · (n/2^14)^-0.5 · (steps/1000)^{b:.2f}  ({len(cells)} cells; "
