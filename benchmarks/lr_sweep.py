@@ -13,7 +13,8 @@ Resumable: one JSON line per run in --out; a rerun skips the runs already there.
 `fit` takes, per (data, architecture, width, budget, seed), the learning rate with the lowest
 held-out FVU among those leaving at most --max-dead of the latents dead (the optimum of a
 parabola through the best grid point and its two neighbours in log lr, when both exist), and
-fits log lr* = log c − ½·log(n / 2^14) + b·log(steps / 1000) by least squares. Where the L0
+fits log lr* = log c − ½·log(n / 2^14) + b·log(steps / 1000) by least squares (and, given 3
+widths, again with the width exponent free). Where the L0
 is learned (ReLU, Gated: several --sae l1_coeff=…; JumpReLU steering to k), lr* is the rate
 with the lowest FVU at L0 = k instead, interpolated between sparsity coefficients.
 """

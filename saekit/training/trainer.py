@@ -126,10 +126,10 @@ class TrainConfig:
 # Where the L0 is learned, c was chosen at L0 = 32 between sparsity coefficients: ReLU+L1
 # and Gated want a higher rate (FVU 0.45 -> 0.26 and 0.26 -> 0.22 from 5e-4 to 2e-3 at 2,304
 # latents), and JumpReLU's L0 only approaches its target in these budgets at TopK's rate.
-_TOPK_FAMILY = ("topk", "batchtopk", "matryoshka", "abstopk", "gsae", "mutual_choice",
-                "feature_choice", "jumprelu")  # fmt: skip
+_AT_TOPK_RATE = ("topk", "batchtopk", "matryoshka", "abstopk", "gsae", "mutual_choice",
+                 "feature_choice", "jumprelu")  # fmt: skip
 LR_AT_16K = {
-    **dict.fromkeys(_TOPK_FAMILY, 5.3e-4),
+    **dict.fromkeys(_AT_TOPK_RATE, 5.3e-4),
     "relu": 7.5e-4,
     "gated": 7.5e-4,
     "mpsae": 1.5e-3,
